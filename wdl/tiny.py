@@ -1,0 +1,137 @@
+"""Offline building blocks for the embedded default: a Qwen-style tokenizer and a tiny Qwen3 config.
+
+Nothing here downloads anything. The tokenizer is a byte-level BPE trained with `tokenizers` on whatever
+texts the caller passes (the pipeline passes its synthetic math corpus), with Qwen3's special tokens and a
+Qwen3-style chat template (system/user/assistant turns, `<think>` blocks, `enable_thinking`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from transformers import PreTrainedTokenizerFast, Qwen3Config
+
+EOS_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+THINK_START = "<think>"
+THINK_END = "</think>"
+# Order fixes the ids 0..N-1 of the special tokens; keep it stable across releases.
+SPECIAL_TOKENS = [EOS_TOKEN, IM_START, IM_END, THINK_START, THINK_END]
+
+# Qwen3's chat template without tool calling. Like Qwen3's, it splits a `<think>...</think>` prefix off the
+# assistant content, renders the reasoning only for turns after the last user query, always opens a think
+# block in the final assistant turn, and with `enable_thinking=False` pre-fills an empty think block.
+QWEN3_CHAT_TEMPLATE = (
+    "{%- if messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- set ns = namespace(last_query_index=messages|length - 1) %}"
+    "{%- for message in messages[::-1] %}"
+    "{%- set index = (messages|length - 1) - loop.index0 %}"
+    "{%- if message.role == 'user' and ns.last_query_index == messages|length - 1 %}"
+    "{%- set ns.last_query_index = index %}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{%- set content = message.content %}"
+    "{%- set reasoning_content = '' %}"
+    "{%- if message.reasoning_content is defined and message.reasoning_content is string %}"
+    "{%- set reasoning_content = message.reasoning_content %}"
+    "{%- elif '</think>' in content %}"
+    "{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}"
+    "{%- endif %}"
+    "{%- if loop.index0 > ns.last_query_index and (loop.last or reasoning_content) %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n'"
+    " + content.lstrip('\\n') }}"
+    "{%- else %}"
+    "{{- '<|im_start|>assistant\\n' + content }}"
+    "{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+_DEFAULT_CORPUS = (
+    "Question: Tom has 3 apples and buys 4 more. How many apples does he have now?",
+    "Step 1: 3 + 4 = 7. The answer is \\boxed{7}.",
+    "Let x be the number of pencils. Then 2x - 5 = 11, so x = 8.",
+    "0 1 2 3 4 5 6 7 8 9 10 100 1000 + - * / = ( ) . , ? ! : ; % $",
+)
+
+
+def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer with Qwen3's special tokens and chat template.
+
+    Any text is encodable (the 256 byte symbols are always in the vocabulary); `vocab_size` counts them,
+    the merges and the special tokens. Deterministic for the same texts and vocab_size.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    n_min = 256 + len(SPECIAL_TOKENS)
+    if vocab_size < n_min:
+        raise ValueError(f"vocab_size={vocab_size} is too small: use at least {n_min} (256 bytes + special tokens)")
+    corpus = list(texts) if texts is not None else list(_DEFAULT_CORPUS)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        additional_special_tokens=[IM_START, IM_END, THINK_START, THINK_END],
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = QWEN3_CHAT_TEMPLATE
+    return fast
+
+
+def tiny_qwen3_config(
+    vocab_size: int,
+    *,
+    hidden_size: int = 128,
+    intermediate_size: int = 384,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 2,
+    num_key_value_heads: int = 1,
+    head_dim: int = 64,
+    max_position_embeddings: int = 2048,
+    tie_word_embeddings: bool = True,
+    eos_token_id: int = 0,
+    pad_token_id: int = 0,
+) -> Qwen3Config:
+    """A Qwen3 config small enough to train on a CPU in minutes (head_dim 64 so vLLM can serve it)."""
+    return Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        bos_token_id=None,
+        rms_norm_eps=1e-6,
+        architectures=["Qwen3ForCausalLM"],
+    )
