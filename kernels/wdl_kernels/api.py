@@ -89,11 +89,11 @@ def _mixed_ce(hidden, weight, labels, weak_hidden, weak_weight, lam, ignore_inde
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
     if needs_grad:
         loss, *stats = MixedLinearCrossEntropyFunction.apply(
-            hidden, weight, weak_hidden, weak_weight, labels, lam, ignore_index, reduction, backend
+            hidden, weight, weak_hidden, weak_weight, labels, lam, ignore_index, reduction, return_stats, backend
         )
         stats = MixedCEStats(*stats)
     else:  # forward-only fast path (scoring): nothing saved for backward
         with torch.no_grad():
-            stats, valid = forward_stats(Problem(*inputs, labels, lam), backend, ignore_index)
+            stats, valid = forward_stats(Problem(*inputs, labels, lam), backend, ignore_index, return_stats)
             loss = reduce_loss(stats.nll, valid, reduction)
     return MixedCEOutput(loss, stats if return_stats else None)

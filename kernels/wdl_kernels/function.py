@@ -24,8 +24,10 @@ from .stats import MixedCEStats, finalize_stats
 from .matmul import accumulate_matmul, matmul_into
 
 
-def forward_stats(prob: Problem, backend: Backend, ignore_index: int) -> tuple[MixedCEStats, torch.Tensor]:
-    partials = backend.forward_partials(prob)
+def forward_stats(prob: Problem, backend: Backend, ignore_index: int, with_stats: bool
+                  ) -> tuple[MixedCEStats, torch.Tensor]:
+    """Per-row stats (entropy and margin only meaningful when with_stats) and the valid-row mask."""
+    partials = backend.forward_partials(prob, ignore_index, with_stats)
     valid = prob.labels != ignore_index
     return finalize_stats(partials, valid, prob.vocab), valid
 
@@ -50,9 +52,17 @@ def row_gradients(grad_loss: torch.Tensor, valid: torch.Tensor, reduction: str) 
 class _Head:
     """One side (strong or weak) of the mixture, as seen by the backward driver."""
 
-    def __init__(self, hidden, weight, coef, need_dh, need_dw):
+    def __init__(self, hidden, weight, coef, need_dh, need_dw, out_dh, out_dw):
         self.hidden, self.weight, self.coef = hidden, weight, coef
         self.need_dh, self.need_dw = need_dh, need_dw
+        self.out_dh, self.out_dw = out_dh, out_dw
+
+
+def _compact(prob: Problem, rows: torch.Tensor) -> Problem:
+    def take(x):
+        return None if x is None else x.index_select(0, rows)
+
+    return Problem(take(prob.hidden), prob.weight, take(prob.weak_hidden), prob.weak_weight, take(prob.labels), prob.lam)
 
 
 def backward_grads(
@@ -64,85 +74,80 @@ def backward_grads(
 ) -> tuple[torch.Tensor | None, ...]:
     """Gradients (d hidden, d weight, d weak_hidden, d weak_weight); None where not needed."""
     need_dh, need_dw, need_dwh, need_dww = needs
-    n, vocab = prob.n, prob.vocab
     out_dh = torch.zeros_like(prob.hidden) if need_dh else None
     out_dw = torch.zeros_like(prob.weight) if need_dw else None
     out_dwh = torch.zeros_like(prob.weak_hidden) if need_dwh else None
     out_dww = torch.zeros_like(prob.weak_weight) if need_dww else None
+    outputs = (out_dh, out_dw, out_dwh, out_dww)
 
-    heads = []
-    if prob.use_strong and (need_dh or need_dw):
-        heads.append((_Head(prob.hidden, prob.weight, prob.strong_coef, need_dh, need_dw), out_dh, out_dw))
-    if prob.use_weak and (need_dwh or need_dww):
-        heads.append((_Head(prob.weak_hidden, prob.weak_weight, prob.weak_coef, need_dwh, need_dww), out_dwh, out_dww))
-    if not heads:
-        return out_dh, out_dw, out_dwh, out_dww
-
-    # Drop rows that contribute nothing (ignored labels, zero upstream): their G rows would be all zero.
+    # Drop rows that contribute nothing (ignored labels, zero upstream): their rows of G would be all zero.
     active = grad_rows != 0
     n_active = int(active.sum())
     if n_active == 0:
-        return out_dh, out_dw, out_dwh, out_dww
-    rows = None if n_active == n else active.nonzero().squeeze(1)
-    sub_lse = lse if rows is None else lse.index_select(0, rows)
-    sub_grad = grad_rows if rows is None else grad_rows.index_select(0, rows)
-    sub_hidden = [h.hidden if rows is None else h.hidden.index_select(0, rows) for h, _, _ in heads]
+        return outputs
+    rows = None
+    if n_active < prob.n:
+        rows = active.nonzero().squeeze(1)
+        prob, lse, grad_rows = _compact(prob, rows), lse.index_select(0, rows), grad_rows.index_select(0, rows)
 
-    token_chunk, vocab_chunk = backend.chunks(prob, n_active)
-    g_dtype = backend.grad_dtype(prob)
+    heads = []
+    if prob.use_strong and (need_dh or need_dw):
+        heads.append(_Head(prob.hidden, prob.weight, prob.strong_coef, need_dh, need_dw, out_dh, out_dw))
+    if prob.use_weak and (need_dwh or need_dww):
+        heads.append(_Head(prob.weak_hidden, prob.weak_weight, prob.weak_coef, need_dwh, need_dww, out_dwh, out_dww))
+    if not heads:
+        return outputs
+
+    n, vocab = prob.n, prob.vocab
+    token_chunk, vocab_chunk = backend.chunks(prob, n)
     dev = prob.hidden.device
-    dh_acc = [torch.zeros(n_active, h.hidden.shape[1], dtype=torch.float32, device=dev) if h.need_dh else None for h, _, _ in heads]
-    one_token_chunk = token_chunk >= n_active
+    dh_acc = [torch.zeros(n, h.hidden.shape[1], dtype=torch.float32, device=dev) if h.need_dh else None for h in heads]
+    one_token_chunk = token_chunk >= n
     workspace = None
     if one_token_chunk:
-        workspace = torch.empty(n_active, min(vocab_chunk, vocab), dtype=g_dtype, device=dev)
+        workspace = torch.empty(n, min(vocab_chunk, vocab), dtype=backend.grad_dtype(prob), device=dev)
 
     for v0 in range(0, vocab, vocab_chunk):
         v1 = min(vocab, v0 + vocab_chunk)
-        dw_acc = None
-        for r0 in range(0, n_active, token_chunk):
-            r1 = min(n_active, r0 + token_chunk)
-            chunk_rows = None if rows is None else rows[r0:r1]
-            if rows is None and (r0, r1) != (0, n):
-                chunk_rows = torch.arange(r0, r1, device=dev)
+        dw_acc = [None] * len(heads)
+        for r0 in range(0, n, token_chunk):
+            r1 = min(n, r0 + token_chunk)
             out = None if workspace is None else workspace[:, : v1 - v0]
-            g = backend.grad_logits(prob, chunk_rows, v0, v1, sub_lse[r0:r1], sub_grad[r0:r1], out)
-            for i, (head, _, dw) in enumerate(heads):
+            g = backend.grad_logits(prob, r0, r1, v0, v1, lse[r0:r1], grad_rows[r0:r1], out)
+            for i, head in enumerate(heads):
                 w_chunk = head.weight[v0:v1]
                 if head.need_dh:
                     accumulate_matmul(dh_acc[i][r0:r1], g, w_chunk, head.coef)
                 if head.need_dw:
-                    h_rows = sub_hidden[i][r0:r1]
-                    if one_token_chunk and g.dtype == dw.dtype:
-                        matmul_into(dw[v0:v1], g.T, h_rows, head.coef)
+                    h_rows = head.hidden[r0:r1]
+                    if one_token_chunk and g.dtype == head.out_dw.dtype:
+                        matmul_into(head.out_dw[v0:v1], g.T, h_rows, head.coef)
                     else:
-                        if dw_acc is None:
-                            dw_acc = [None] * len(heads)
                         if dw_acc[i] is None:
                             dw_acc[i] = torch.zeros(v1 - v0, w_chunk.shape[1], dtype=torch.float32, device=dev)
                         accumulate_matmul(dw_acc[i], g.T, h_rows, head.coef)
             del g
-        if dw_acc is not None:
-            for i, (head, _, dw) in enumerate(heads):
-                if dw_acc[i] is not None:
-                    dw[v0:v1] = dw_acc[i]
+        for head, acc in zip(heads, dw_acc):
+            if acc is not None:
+                head.out_dw[v0:v1] = acc
 
-    for i, (head, dh, _) in enumerate(heads):
+    for head, acc in zip(heads, dh_acc):
         if head.need_dh:
             if rows is None:
-                dh.copy_(dh_acc[i])
+                head.out_dh.copy_(acc)
             else:
-                dh.index_copy_(0, rows, dh_acc[i].to(dh.dtype))
-    return out_dh, out_dw, out_dwh, out_dww
+                head.out_dh.index_copy_(0, rows, acc.to(head.out_dh.dtype))
+    return outputs
 
 
 class MixedLinearCrossEntropyFunction(torch.autograd.Function):
     """Differentiable w.r.t. hidden, weight, weak_hidden, weak_weight. Stats are returned non-differentiable."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, weak_hidden, weak_weight, labels, lam, ignore_index, reduction, backend):
+    def forward(ctx, hidden, weight, weak_hidden, weak_weight, labels, lam, ignore_index, reduction, with_stats,
+                backend):
         prob = Problem(hidden, weight, weak_hidden, weak_weight, labels, lam)
-        stats, valid = forward_stats(prob, backend, ignore_index)
+        stats, valid = forward_stats(prob, backend, ignore_index, with_stats)
         loss = reduce_loss(stats.nll, valid, reduction)
         ctx.save_for_backward(hidden, weight, weak_hidden, weak_weight, labels, stats.lse, valid)
         ctx.lam, ctx.reduction, ctx.backend = lam, reduction, backend
@@ -156,4 +161,4 @@ class MixedLinearCrossEntropyFunction(torch.autograd.Function):
         needs = tuple(ctx.needs_input_grad[:4])
         grad_rows = row_gradients(grad_loss, valid, ctx.reduction)
         grads = backward_grads(prob, ctx.backend, lse, grad_rows, needs)
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)

@@ -56,14 +56,18 @@ class Problem:
 class Backend(Protocol):
     """What an implementation provides; the chunked backward driver (function.py) does the rest."""
 
-    def forward_partials(self, prob: Problem) -> Partials:
-        """Online-softmax partials over the whole vocabulary for every row (stats.py)."""
+    def forward_partials(self, prob: Problem, ignore_index: int, with_stats: bool) -> Partials:
+        """Online-softmax partials over the whole vocabulary for every row (stats.py).
+
+        m, s and zy are always exact; t and sumz may be left at 0 when with_stats is False (the loss and its
+        gradient need only lse and the target logit).
+        """
 
     def grad_logits(
-        self, prob: Problem, rows: torch.Tensor | None, v0: int, v1: int, lse: torch.Tensor, grad_rows: torch.Tensor,
+        self, prob: Problem, r0: int, r1: int, v0: int, v1: int, lse: torch.Tensor, grad_rows: torch.Tensor,
         out: torch.Tensor | None,
     ) -> torch.Tensor:
-        """dL/dz for the given rows (None = all) and vocabulary columns [v0, v1): (softmax(z) - onehot) * grad_rows.
+        """dL/dz for rows [r0, r1) and vocabulary columns [v0, v1): (softmax(z) - onehot(label)) * grad_rows.
 
         lse and grad_rows are already restricted to those rows. Written into `out` when given.
         """

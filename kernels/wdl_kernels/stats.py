@@ -72,12 +72,13 @@ def merge_partials(a: Partials, b: Partials) -> Partials:
     return Partials(m, s, t, a.sumz + b.sumz, a.zy + b.zy)
 
 
-def merge_split_partials(stacked: torch.Tensor) -> Partials:
-    """Merge partials stored as a [5, S, N] tensor (m, s, t, sumz, zy over S vocabulary splits), in split order."""
-    acc = Partials(*stacked[:, 0])
+def merge_split_partials(stacked: torch.Tensor, sumz: torch.Tensor, zy: torch.Tensor) -> Partials:
+    """Merge (m, s, t) stored as [3, S, N] over S vocabulary splits, in split order; sumz/zy are already totals."""
+    zeros = torch.zeros_like(sumz)
+    acc = Partials(*stacked[:, 0], zeros, zeros)
     for i in range(1, stacked.shape[1]):
-        acc = merge_partials(acc, Partials(*stacked[:, i]))
-    return acc
+        acc = merge_partials(acc, Partials(*stacked[:, i], zeros, zeros))
+    return acc._replace(sumz=sumz, zy=zy)
 
 
 def finalize_stats(p: Partials, valid: torch.Tensor, vocab_size: int) -> MixedCEStats:

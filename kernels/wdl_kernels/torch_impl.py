@@ -44,7 +44,7 @@ class TorchBackend:
             z = zw.mul_(prob.weak_coef) if z is None else z.add_(zw, alpha=prob.weak_coef)
         return z
 
-    def forward_partials(self, prob: Problem) -> Partials:
+    def forward_partials(self, prob: Problem, ignore_index: int, with_stats: bool) -> Partials:
         n, vocab = prob.n, prob.vocab
         token_chunk, vocab_chunk = self.chunks(prob, n)
         out = empty_partials(n, prob.hidden.device)
@@ -60,8 +60,8 @@ class TorchBackend:
                 dst[rows] = src
         return out
 
-    def grad_logits(self, prob, rows, v0, v1, lse, grad_rows, out=None) -> torch.Tensor:
-        index = slice(None) if rows is None else rows
+    def grad_logits(self, prob, r0, r1, v0, v1, lse, grad_rows, out=None) -> torch.Tensor:
+        index = slice(r0, r1)
         z = self.mixed_logits(prob, index, v0, v1)
         g = torch.exp(z.sub_(lse[:, None]))
         local = prob.labels[index] - v0
