@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -50,6 +52,11 @@ def select_backend(impl: str, device: torch.device) -> Backend:
     return TritonBackend.for_device(device)
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_fallback(reason: str) -> None:
+    warnings.warn(f"wdl_kernels: using the chunked torch implementation: {reason}", stacklevel=3)
+
+
 def mixed_linear_cross_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -74,17 +81,22 @@ def mixed_linear_cross_entropy(
         hidden, weight, labels, weak_hidden, weak_weight, lam=lam, ignore_index=ignore_index, reduction=reduction
     )
     backend = select_backend(impl, args.hidden.device)
+    if not isinstance(backend, TorchBackend):
+        reason = backend.unsupported_reason(
+            [("hidden", args.hidden), ("weight", args.weight), ("weak_hidden", args.weak_hidden),
+             ("weak_weight", args.weak_weight)])
+        if reason is not None:
+            if impl == "triton":
+                raise ValueError(reason)
+            _warn_fallback(reason)
+            backend = TorchBackend()
     return _mixed_ce(args.hidden, args.weight, args.labels, args.weak_hidden, args.weak_weight, args.lam,
                      ignore_index, reduction, return_stats, backend)
 
 
 def _mixed_ce(hidden, weight, labels, weak_hidden, weak_weight, lam, ignore_index, reduction, return_stats,
               backend: Backend) -> MixedCEOutput:
-    """Validated inputs, explicit backend (tests use this to force tiny chunks and tiles)."""
-    hidden, weight = hidden.contiguous(), weight.contiguous()
-    if weak_hidden is not None:
-        weak_hidden, weak_weight = weak_hidden.contiguous(), weak_weight.contiguous()
-    labels = labels.contiguous()
+    """Validated (contiguous) inputs, explicit backend (tests use this to force tiny chunks and tiles)."""
     inputs = (hidden, weight, weak_hidden, weak_weight)
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
     if needs_grad:

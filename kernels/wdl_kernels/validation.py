@@ -112,4 +112,7 @@ def check_inputs(
                 f"labels[{first}] = {int(labels[first])} is outside [0, V={v}) and is not ignore_index={ignore_index}: "
                 "fix the targets (or mark positions to skip with ignore_index)"
             )
-    return CheckedArgs(hidden, weight, labels, weak_hidden, weak_weight, lam)
+    def dense(x):
+        return None if x is None else x.contiguous()
+
+    return CheckedArgs(dense(hidden), dense(weight), labels.contiguous(), dense(weak_hidden), dense(weak_weight), lam)
