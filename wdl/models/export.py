@@ -1,0 +1,85 @@
+"""Writing a sub-model as a plain Hugging Face checkpoint (safetensors, config, tokenizer, generation config).
+
+The caller gathers the full state dict (wdl.train backends do it for FSDP2 / ZeRO-3); this module builds the
+model skeleton on the meta device, assigns the tensors (tied embeddings re-tied, never duplicated) and writes
+everything into a temporary directory that is renamed into place, so a reader never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig
+
+from wdl.io import atomic_directory
+
+IM_END = "<|im_end|>"
+COMPLETE_FILES = ("config.json",)
+
+
+def is_complete_hf_checkpoint(path: str | Path) -> bool:
+    """A directory written by `save_hf_checkpoint` (or any HF checkpoint with a config and weights)."""
+    p = Path(path)
+    has_weights = any(p.glob("*.safetensors")) or (p / "model.safetensors.index.json").is_file()
+    return p.is_dir() and (p / "config.json").is_file() and has_weights
+
+
+def generation_config_for(tokenizer, source: str | Path | None = None) -> GenerationConfig:
+    """The source checkpoint's generation config (if any) with eos ids that include <|im_end|>.
+
+    Chat-trained models end their turns with <|im_end|> while a Base model's config names <|endoftext|>;
+    without both ids generation would run past the end of the answer.
+    """
+    gen = None
+    if source is not None and (Path(source) / "generation_config.json").is_file():
+        gen = GenerationConfig.from_pretrained(str(source))
+    if gen is None:
+        gen = GenerationConfig(do_sample=False)
+    eos = gen.eos_token_id
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    candidates = []
+    im_end = tokenizer.convert_tokens_to_ids(IM_END) if IM_END in tokenizer.get_vocab() else None
+    if im_end is not None:
+        candidates.append(im_end)
+    if tokenizer.eos_token_id is not None:
+        candidates.append(tokenizer.eos_token_id)
+    for i in candidates:
+        if i not in eos_ids:
+            eos_ids.append(i)
+    gen.eos_token_id = eos_ids if len(eos_ids) != 1 else eos_ids[0]
+    if gen.pad_token_id is None and tokenizer.pad_token_id is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    return gen
+
+
+def save_hf_checkpoint(
+    config: PretrainedConfig,
+    state_dict: Mapping[str, torch.Tensor],
+    out_dir: str | Path,
+    *,
+    tokenizer_path: str | Path | None = None,
+    generation_source: str | Path | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Write `state_dict` (full tensors, any device) as an HF checkpoint at `out_dir`, atomically."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(dict(state_dict), strict=False, assign=True)
+    model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if unexpected or still_meta:
+        raise ValueError(f"state dict does not match {type(model).__name__}: missing {still_meta[:5] or missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    dtypes = {p.dtype for p in model.parameters()}
+    if len(dtypes) == 1:
+        model.config.dtype = dtypes.pop()
+    model.config.use_cache = True  # the exported model is for inference
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path)) if tokenizer_path is not None else None
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+            generation_config_for(tokenizer, generation_source).save_pretrained(tmp)
+    return Path(out_dir)
