@@ -266,7 +266,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
 
 def build(cls: type, data: Mapping, path: str = "") -> Any:
     """Build dataclass `cls` from plain values, recursively; unknown/missing keys and bad types raise."""
-    hints = typing.get_type_hints(cls)
+    lazy = getattr(cls, "__section_types__", None)
+    hints = typing.get_type_hints(cls, localns=lazy() if lazy else None)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():
@@ -510,3 +511,56 @@ class RunConfig:
 
     def __post_init__(self):
         _check(bool(self.out.strip()), "out", "must be a directory path, got an empty string")
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+def _section_types() -> dict[str, type]:
+    """The sections owned by other modules, imported when a pipeline config is built (so that `wdl --help`
+    and `import wdl.config` stay light)."""
+    from wdl.data import DataConfig
+    from wdl.eval import BenchmarkSpec, EvalConfig
+    from wdl.train import TrainConfig
+
+    return {"DataConfig": DataConfig, "TrainConfig": TrainConfig, "EvalConfig": EvalConfig,
+            "BenchmarkSpec": BenchmarkSpec}
+
+
+def _default(name: str):
+    return lambda: _section_types()[name]()
+
+
+@dataclass
+class PipelineConfig:
+    """Everything `wdl run` needs. Sections: model, synthetic, data, pretrain/sft/joint (one TrainConfig each,
+    with shared defaults in `train:`), scoring, sampling, eval, run."""
+
+    __section_types__ = staticmethod(_section_types)
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    data: DataConfig = field(default_factory=_default("DataConfig"))  # noqa: F821 - resolved lazily
+    pretrain: TrainConfig = field(default_factory=_default("TrainConfig"))  # noqa: F821 - tiny base only
+    sft: TrainConfig = field(default_factory=_default("TrainConfig"))  # noqa: F821
+    joint: TrainConfig = field(default_factory=_default("TrainConfig"))  # noqa: F821 - also sft_continued
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    eval: EvalConfig = field(default_factory=_default("EvalConfig"))  # noqa: F821
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        if self.synthetic.enabled and self.data.sources:
+            raise ValueError(
+                "data.sources: must be empty when synthetic.enabled is true (the pipeline trains on the synthetic "
+                "split); set synthetic.enabled=false to train on your files"
+            )
+        if not self.synthetic.enabled and not self.data.sources:
+            raise ValueError("data.sources: list your training files (chat JSONL with messages/idx), e.g. "
+                             "data.sources=[/data/train.jsonl]")
+        if self.model.is_tiny and not self.synthetic.enabled:
+            raise ValueError("synthetic.enabled: the tiny base is built from the synthetic corpus; enable it or "
+                             "set model.base to a real model")
+
+
+def load_pipeline_config(source: str | Path | None = None, overrides: Iterable[str] = ()) -> PipelineConfig:
+    """The pipeline's config from a YAML file or preset (default: `tiny`) plus `key=value` overrides."""
+    return load(PipelineConfig, source, overrides, default="tiny", shared_sections={_SHARED_TRAIN: TRAIN_PHASES})
