@@ -109,7 +109,9 @@ class TorchBackend(Backend):
     def forward_backward(self, batch: dict, scale: float) -> JointOutput:
         with self.autocast():
             out = self.joint(**self._inputs(batch))
-        (out.loss * scale).backward()
+        # `scale` normalises by the GLOBAL label-token count, so the gradients must be SUMMED over ranks; FSDP
+        # (like DDP and ZeRO) averages them, hence the factor world_size (exact for powers of two).
+        (out.loss * (scale * self.dist.world_size)).backward()
         return JointOutput(out.loss.detach(), out.stats)
 
     def grad_norm(self) -> torch.Tensor:

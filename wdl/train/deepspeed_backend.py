@@ -1,0 +1,143 @@
+"""DeepSpeed ZeRO-2 / ZeRO-3 (optionally with the optimizer offloaded to the CPU) behind the Backend interface.
+
+The fused loss reads the lm_head weights by attribute inside JointModel.forward, never through the lm_head
+module's own forward, so ZeRO-3's per-module hooks would hand the kernel an empty partition. Each lm_head weight
+(the input embedding when tied) is therefore registered as an external parameter of the JointModel: ZeRO-3
+gathers it for JointModel's forward, re-gathers it for its backward, and reduces its gradient like any other
+(tests/train/test_distributed.py checks the gradients against one process).
+
+Gradient accumulation is ours (a step has as many micro-batches as the loader packs): DeepSpeed runs with
+`managed_gradient_accumulation: false`, so backward() only accumulates and step() is the boundary. The
+finite check of the gradients is DeepSpeed's own: its ZeRO optimizer skips an update whose gradient norm is not
+finite (the same decision on all ranks); we read `was_step_applied()`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from wdl.models import JointModel, JointOutput
+
+from .backends import Backend, StepResult
+from .config import TrainConfig
+from .distributed import DistInfo
+from .optim import build_adamw, param_groups, set_lr
+
+TAG = "ds"
+
+
+def import_deepspeed():
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        import deepspeed
+    except ImportError:
+        raise ValueError("train.backend=deepspeed needs DeepSpeed: pip install deepspeed") from None
+    return deepspeed
+
+
+def deepspeed_config(cfg: TrainConfig, compute_dtype: torch.dtype) -> dict:
+    zero: dict = {
+        "stage": cfg.zero_stage,
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": 5e7,
+    }
+    if cfg.zero_stage == 3:
+        zero.update(stage3_param_persistence_threshold=0, stage3_gather_16bit_weights_on_model_save=False)
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    bf16 = compute_dtype == torch.bfloat16
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": cfg.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16, "check_grad_overflow": True},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedBackend(Backend):
+    name = "deepspeed"
+
+    def __init__(self, joint: JointModel, cfg: TrainConfig, dist_info: DistInfo, compute_dtype: torch.dtype):
+        super().__init__(joint, cfg, dist_info, compute_dtype)
+        deepspeed = import_deepspeed()
+        self.ds = deepspeed
+        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo",
+                                   auto_mpi_discovery=False)
+        if cfg.offload_optimizer:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            self.optimizer = DeepSpeedCPUAdam(param_groups(joint, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                              eps=cfg.eps, weight_decay=cfg.weight_decay, adamw_mode=True)
+        else:
+            self.optimizer = build_adamw(joint, cfg, fused=self.device.type == "cuda")
+        if cfg.zero_stage == 3:
+            for w in joint.lm_head_weights():
+                deepspeed.zero.register_external_parameter(joint, w)
+        self.engine, _, _, _ = deepspeed.initialize(model=joint, optimizer=self.optimizer,
+                                                    config=deepspeed_config(cfg, compute_dtype),
+                                                    dist_init_required=False)
+        self.joint = self.engine.module
+
+    def forward_backward(self, batch: dict, scale: float) -> JointOutput:
+        out = self.engine(**self._inputs(batch))
+        # `scale` normalises by the GLOBAL label-token count; ZeRO averages gradients over the data-parallel
+        # ranks, so multiply back by the world size to get their sum (as in TorchBackend).
+        self.engine.backward(out.loss * (scale * self.dist.world_size), scale_wrt_gas=False)
+        return JointOutput(out.loss.detach(), out.stats)
+
+    def optimizer_step(self, lr: float, loss_finite: bool) -> StepResult:
+        set_lr(self.optimizer, lr)  # the ZeRO optimizer steps this optimizer's param groups
+        self.engine.step()
+        applied = bool(self.engine.was_step_applied())
+        norm = self.engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else float("nan")
+        if not applied and norm >= 0 and norm == norm and norm != float("inf"):
+            norm = float("inf")  # DeepSpeed reports a skipped step's norm as a finite sentinel on some paths
+        return StepResult(norm, applied)
+
+    def skip_step(self) -> None:
+        pass  # no supervised token: the accumulated gradients are zero and stay so
+
+    def save(self, path: Path) -> None:
+        self.engine.save_checkpoint(str(path), tag=TAG, client_state={}, save_latest=False,
+                                    exclude_frozen_parameters=True)
+
+    def load(self, path: Path) -> None:
+        load_path, _ = self.engine.load_checkpoint(str(path), tag=TAG, load_module_strict=False,
+                                                   load_optimizer_states=True, load_lr_scheduler_states=False)
+        if load_path is None:
+            raise ValueError(f"{path}: no DeepSpeed checkpoint (tag {TAG!r}) could be loaded")
+
+    def full_state_dict(self, which: str) -> dict[str, torch.Tensor] | None:
+        """Full tensors of one sub-model on rank 0; under ZeRO-3 gathered one parameter at a time."""
+        sub = getattr(self.joint, which)
+        out: dict[str, torch.Tensor] = {}
+        first_key: dict[int, str] = {}
+        for key, t in sub.state_dict(keep_vars=True).items():
+            if id(t) in first_key:  # tied weights: one tensor, two names
+                if self.dist.is_main:
+                    out[key] = out[first_key[id(t)]]
+                continue
+            first_key[id(t)] = key
+            if hasattr(t, "ds_id"):
+                with self.ds.zero.GatheredParameters([t], modifier_rank=None):
+                    if self.dist.is_main:
+                        out[key] = t.data.detach().cpu().clone()
+            elif self.dist.is_main:
+                out[key] = t.detach().cpu().clone()
+        return out if self.dist.is_main else None
+
+    def close(self) -> None:
+        destroy = getattr(self.engine, "destroy", None)
+        if destroy is not None:
+            destroy()
