@@ -87,25 +87,16 @@ def ranks_from_env() -> Ranks:
 
 def init_distributed(ranks: Ranks) -> None:
     """Join the process group torchrun / the DeepSpeed launcher set up (no-op for a single process)."""
-    if ranks.world <= 1:
-        return
-    import torch
-    import torch.distributed as dist
+    if ranks.world > 1:
+        from wdl.train.distributed import init_distributed as join
 
-    if dist.is_initialized():
-        return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(ranks.local_rank)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", ranks.local_rank))
-    else:
-        dist.init_process_group("gloo")
+        join()
 
 
 def barrier() -> None:
-    import torch.distributed as dist
+    from wdl.train.distributed import barrier as train_barrier
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    train_barrier()
 
 
 def leave_distributed() -> None:
