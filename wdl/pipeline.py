@@ -112,20 +112,6 @@ class PipelineError(ValueError):
     """A run that cannot go on as asked (a missing input, a config that does not match the run directory)."""
 
 
-def read_scores(path: Path) -> dict[int, dict]:
-    rows = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                rows[int(r["idx"])] = r
-    return rows
-
-
-def _is_complete_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
 class Pipeline:
     """One run directory and the config it runs with."""
 
@@ -327,18 +313,21 @@ class Pipeline:
         )
 
     def phase_pretrain(self) -> None:
+        from wdl.models import is_complete_hf_checkpoint
+
         init = self.paths["init"]
-        if self.ranks.is_main and not _is_complete_checkpoint(init):
+        if self.ranks.is_main and not is_complete_hf_checkpoint(init):
             self._build_tiny_init(init)
         barrier()
         self._train("pretrain", str(init), self.dataset("pretrain"), self.cfg.pretrain, self.paths["base"])
 
     def _build_tiny_init(self, init: Path) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, GenerationConfig
+        from transformers import AutoModelForCausalLM
 
         from wdl import synthetic
-        from wdl.tiny import IM_END, build_tokenizer, tiny_qwen3_config
+        from wdl.models import generation_config_for
+        from wdl.tiny import build_tokenizer, tiny_qwen3_config
 
         s, t = self.cfg.synthetic, self.cfg.model.tiny
         splits = synthetic.make_splits(s.n_train, s.n_eval, s.n_pretrain, s.seed)
@@ -355,12 +344,7 @@ class Pipeline:
         )
         torch.manual_seed(t.seed)
         model = AutoModelForCausalLM.from_config(config)
-        # Chat turns end with <|im_end|>, plain text with <|endoftext|>: generation stops at either.
-        gen = GenerationConfig(
-            eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id],
-            pad_token_id=tokenizer.pad_token_id,
-            do_sample=False,
-        )
+        gen = generation_config_for(tokenizer)  # stops at <|im_end|> (chat turns) and <|endoftext|> (text)
         with atomic_directory(init, overwrite=True) as tmp:
             model.save_pretrained(tmp)
             gen.save_pretrained(tmp)
@@ -532,6 +516,7 @@ def compute_weights(sampling, scores_dir: Path, out_dir: Path, *, brownboost: bo
     import numpy as np
 
     from wdl.sampling import brownboost_weights, resample, sampling_weights
+    from wdl.scoring import read_scores
 
     names = ["base", "sft", *(["third"] if brownboost else [])]
     tables = {}
