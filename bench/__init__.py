@@ -1,0 +1,1 @@
+"""Benchmarks: kernel (bench_kernel.py) and end-to-end; shared plumbing in common.py."""
