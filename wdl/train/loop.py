@@ -183,12 +183,13 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def _data_steps(self):
         """Optimizer steps forever: a new pass over the loader starts the next epoch (the loader reshuffles)."""
+        empty_passes = 0
         while True:
-            empty = True
+            empty_passes += 1
             for item in self.loader:
-                empty = False
+                empty_passes = 0
                 yield item
-            if empty:
+            if empty_passes >= 2:  # one empty pass is normal: a resume exactly at the end of an epoch
                 raise ValueError("the training data yields no optimizer step: add data or lower the batch size")
 
     def run(self) -> TrainSummary:
