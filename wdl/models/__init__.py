@@ -1,7 +1,10 @@
-"""Models: loading Hugging Face causal LMs, the joint weak/strong model, HF checkpoint export."""
+"""Models: loading Hugging Face causal LMs, the joint weak/strong model, HF checkpoint export.
+
+`decoder_hidden_states` / `lm_head_weight` are the kernel library's Hugging Face helpers, re-exported."""
+
+from wdl_kernels.hf import decoder_hidden_states, lm_head_weight
 
 from .export import generation_config_for, is_complete_hf_checkpoint, save_hf_checkpoint
-from .hf import decoder_hidden_states, lm_head_weight
 from .joint import JointModel, JointOutput, stats_from_logits
 from .loading import (
     load_causal_lm,

@@ -23,8 +23,7 @@ from transformers import PreTrainedModel
 
 import wdl_kernels
 from wdl_kernels import MixedCEStats
-
-from .hf import decoder_hidden_states, lm_head_weight
+from wdl_kernels.hf import decoder_hidden_states, lm_head_weight
 
 IGNORE_INDEX = -100
 LOSS_IMPLS = ("fused", "reference")
