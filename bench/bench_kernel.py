@@ -98,48 +98,83 @@ def _grid(hidden, tokens, heads, modes, vocab, dtype, lam, ignore_frac) -> list[
     return cases
 
 
-def preset_cases(preset: str, args) -> tuple[list[Case], dict]:
-    """(cases, default options) of a preset. CPU presets use tiny shapes and fp32."""
-    common = dict(vocab=args.vocab or QWEN3_VOCAB, dtype=args.dtype or "bf16", lam=args.lam,
-                  ignore_frac=args.ignore_frac)
-    all_baselines = list(BASELINES)
-    if args.cpu:
-        common.update(vocab=args.vocab or CPU_VOCAB, dtype=args.dtype or "fp32")
-        target = [Case(n=64, hs=32, hw=32, mode="fwdbwd", **common), Case(n=64, hs=32, hw=0, mode="fwdbwd", **common),
-                  Case(n=64, hs=32, hw=0, mode="score", **common)]
-        opts = dict(impls=["torch", "triton"], baselines=["eager", "liger", "cce", "cce_nofilter"])
-        if preset == "target":
-            return target, opts
-        if preset in ("sweep", "sweep-fwdbwd", "sweep-score"):
-            modes = {"sweep": ("fwdbwd", "score", "fwd"), "sweep-fwdbwd": ("fwdbwd",), "sweep-score": ("score", "fwd")}
-            cases = _grid((16, 32), (32, 64), (2, 1), modes[preset], **common)
-            return [c for c in cases if c not in target], dict(opts, impls=["torch", "triton"])
-        raise ValueError(f"unknown preset {preset!r}")
-    h, n = 2560, 16384
+# What runs on each case: implementation names (ours_<impl> and baseline names), chosen per case so that a
+# preset fits a device call; --impls / --baselines on the command line replace them for every case.
+ALL = ("ours_triton", "ours_torch", *BASELINES)
+TWO_HEAD_SWEEP = ("ours_triton", "eager", "compile_chunked_gif", "liger")
+ONE_HEAD_SWEEP = ("ours_triton", "eager", "compile_chunked_gif", "liger", "cce", "cce_nofilter")
+SCORE_SWEEP = ("ours_triton", "eager")
+PRESETS = ("target", "sweep-fwdbwd", "sweep-score", "sweep")
+FINAL_STATUSES = ("ok", "OOM", "missing", "unsupported", "wrong")
+
+Plan = list  # [(Case, tuple of implementation names)]
+
+
+def preset_plan(preset: str, args) -> Plan:
+    """The cases of a preset, most telling first, each with the implementations it runs.
+
+    target: issue 2's target shapes (two Qwen3-4B heads and one head, H=2560, N=16384: fwd+bwd, scoring,
+    forward); sweep-fwdbwd: H in {1024, 2048, 2560, 4096} x N in {4096, 8192, 16384} x {2, 1} heads;
+    sweep-score: the same grid, one head, scoring; sweep: both sweeps. CPU: tiny shapes, fp32."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {PRESETS}")
+    common = dict(vocab=args.vocab or (CPU_VOCAB if args.cpu else QWEN3_VOCAB),
+                  dtype=args.dtype or ("fp32" if args.cpu else "bf16"), lam=args.lam, ignore_frac=args.ignore_frac)
+    (h, n), hidden, tokens = ((32, 64), (16, 32), (32, 64)) if args.cpu else ((2560, 16384), QWEN3_HIDDEN, TOKENS)
     target = [
-        Case(n=n, hs=h, hw=h, mode="fwdbwd", **common),  # two Qwen3-4B heads, training step
-        Case(n=n, hs=h, hw=0, mode="fwdbwd", **common),  # single head (vs cut-cross-entropy)
-        Case(n=n, hs=h, hw=0, mode="score", **common),  # forward-only entropy scoring
-        Case(n=n, hs=h, hw=0, mode="fwd", **common),
-        Case(n=n, hs=h, hw=h, mode="fwd", **common),
+        (Case(n=n, hs=h, hw=h, mode="fwdbwd", **common), ALL),  # two Qwen3-4B heads: the training step
+        (Case(n=n, hs=h, hw=0, mode="fwdbwd", **common), ONE_HEAD_SWEEP),  # one head: against cut-cross-entropy
+        (Case(n=n, hs=h, hw=0, mode="score", **common), ("ours_triton", "ours_torch", "eager", "compile_chunked")),
+        (Case(n=n, hs=h, hw=0, mode="fwd", **common), ("ours_triton", "eager", "liger", "cce")),
     ]
     if preset == "target":
-        return target, dict(impls=["triton", "torch"], baselines=all_baselines)
-    sweep_baselines = ["eager", "compile_chunked_gif", "liger", "cce", "cce_nofilter"]
-    if preset == "sweep-fwdbwd":
-        cases = _grid(QWEN3_HIDDEN, TOKENS, (2, 1), ("fwdbwd",), **common)
-    elif preset == "sweep-score":
-        cases, sweep_baselines = _grid(QWEN3_HIDDEN, TOKENS, (1, 2), ("score",), **common), ["eager"]
-    elif preset == "sweep":
-        cases = _grid(QWEN3_HIDDEN, TOKENS, (2, 1), ("fwdbwd", "score"), **common)
-    else:
-        raise ValueError(f"unknown preset {preset!r}")
-    return [c for c in cases if c not in target], dict(impls=["triton"], baselines=sweep_baselines)
+        return target
+    plan = []
+    if preset in ("sweep-fwdbwd", "sweep"):
+        plan += [(c, TWO_HEAD_SWEEP if c.hw else ONE_HEAD_SWEEP)
+                 for c in _grid(hidden, tokens, (2, 1), ("fwdbwd",), **common)]
+    if preset in ("sweep-score", "sweep"):
+        plan += [(c, SCORE_SWEEP) for c in _grid(hidden, tokens, (1,), ("score",), **common)]
+    done = {c for c, _ in target}
+    return [(c, names) for c, names in plan if c not in done]
 
 
-def custom_cases(args) -> list[Case]:
-    return _grid(args.hidden, args.tokens, args.heads, args.modes, args.vocab or (CPU_VOCAB if args.cpu else QWEN3_VOCAB),
-                 args.dtype or ("fp32" if args.cpu else "bf16"), args.lam, args.ignore_frac)
+def custom_plan(args) -> Plan:
+    """--hidden/--tokens grid: ours and the eager baseline unless --impls/--baselines say otherwise."""
+    cases = _grid(args.hidden, args.tokens, args.heads, args.modes,
+                  args.vocab or (CPU_VOCAB if args.cpu else QWEN3_VOCAB), args.dtype or ("fp32" if args.cpu else "bf16"),
+                  args.lam, args.ignore_frac)
+    names = ("ours_torch", "ours_triton", "eager") if args.cpu else ("ours_triton", "eager")
+    return [(c, names) for c in cases]
+
+
+def resolve_names(plan: Plan, ours: list[str] | None, baselines: list[str] | None) -> Plan:
+    """Apply --impls / --baselines (each replaces its half of every case's list; 'all' / 'none' allowed)."""
+    if baselines == ["all"]:
+        baselines = list(BASELINES)
+    elif baselines == ["none"]:
+        baselines = []
+    out = []
+    for case, names in plan:
+        mine = [x for x in names if x.startswith("ours_")] if ours is None else [f"ours_{x}" for x in ours]
+        theirs = [x for x in names if not x.startswith("ours_")] if baselines is None else list(baselines)
+        out.append((case, tuple(mine + theirs)))
+    return out
+
+
+def load_done(paths) -> tuple[set[tuple[str, str]], dict[tuple, float]]:
+    """From earlier results files: the (case label, impl) pairs with a final status, and the GEMM rates
+    measured on the same kind of device, keyed like Runner.gemm."""
+    from bench.common import read_jsonl
+
+    done, gemm = set(), {}
+    for p in paths:
+        for r in read_jsonl(p):
+            if r.get("status") in FINAL_STATUSES:
+                done.add((r["case"], r["impl"]))
+            if r.get("mode") == "gemm" and r.get("status") == "ok":
+                gemm[(r["device_name"], r["n"], r["hs"] + r["hw"], r["vocab"], r["dtype"])] = r["tflops"]
+    return done, gemm
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -340,14 +375,19 @@ class Runner:
             free_device_memory(self.device)
         return row
 
-    def run_case(self, case: Case) -> list[dict]:
+    def run_case(self, case: Case, names=None, done=frozenset()) -> list[dict]:
+        """Rows of one case: the GEMM roofline (once per shape), then each implementation named (all if None)
+        that `done` does not already hold."""
+        impls = [i for i in self.impls if (names is None or i.name in names) and (case.label(), i.name) not in done]
         rows = []
+        if not impls:
+            return rows
         gemm = self.gemm_row(case)
         if gemm is not None:
             rows.append(gemm)
         # Check everything first, then drop the reference (full-V float64 tensors) before anything is timed.
         reference = LazyReference(self.checker, case)
-        pending = [(impl, self.check_row(case, impl, reference)) for impl in self.impls]
+        pending = [(impl, self.check_row(case, impl, reference)) for impl in impls]
         reference.value = None
         free_device_memory(self.device)
         for impl, row in pending:
@@ -392,7 +432,7 @@ def parse_args(argv=None):
                                         "per-row entropy + NLL). Baselines: " + ", ".join(BASELINES) + ".")
     ap.add_argument("--cpu", action="store_true",
                     help="small CPU mode: tiny V/H/N, fp32, torch impl + Triton interpreter, runs anywhere in seconds")
-    ap.add_argument("--preset", choices=["target", "sweep", "sweep-fwdbwd", "sweep-score"],
+    ap.add_argument("--preset", choices=PRESETS,
                     help="predefined case list (default: target, unless --hidden/--tokens are given)")
     ap.add_argument("--hidden", type=_csv_ints, help="hidden sizes, e.g. 1024,2560 (replaces the preset)")
     ap.add_argument("--tokens", type=_csv_ints, help="token counts N, e.g. 4096,16384 (replaces the preset)")
@@ -402,9 +442,11 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="input dtype (default bf16; fp32 with --cpu)")
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--ignore-frac", type=float, default=0.0, help="fraction of ignored (-100) labels when timing")
-    ap.add_argument("--impls", type=_csv_names, help=f"our impls to run, from {','.join(OURS)} (default per preset)")
+    ap.add_argument("--impls", type=_csv_names,
+                    help=f"our impls for every case, from {','.join(OURS)} (default: chosen per case by the preset)")
     ap.add_argument("--baselines", type=_csv_names,
-                    help="baselines to run, 'all' or 'none' (default per preset); not installed ones are 'missing'")
+                    help="baselines for every case, or 'all' / 'none' (default: chosen per case by the preset); "
+                         "ones not installed are reported as 'missing'")
     ap.add_argument("--compile-chunks", type=int, default=8, help="token chunks of the torch.compile baselines")
     ap.add_argument("--warmup", type=int, help="warm-up calls (default 2 on CUDA, 1 on the CPU)")
     ap.add_argument("--reps", type=int, help="at most this many timed repetitions (default 10 on CUDA, 5 on the CPU)")
@@ -418,6 +460,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int,
                     help="torch CPU threads (default 1 with --cpu: tiny ops on a shared machine are dominated by "
                          "thread contention otherwise)")
+    ap.add_argument("--skip-done", nargs="+", metavar="RESULTS_JSONL",
+                    help="earlier results files: (case, impl) pairs with a final status there are not run again")
     ap.add_argument("--no-table", action="store_true", help="do not print the summary table at the end")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.cpu
@@ -444,37 +488,46 @@ def main(argv=None) -> int:
     if args.hidden or args.tokens:
         if not (args.hidden and args.tokens):
             raise SystemExit("--hidden and --tokens go together")
-        cases, opts = custom_cases(args), {"impls": ["triton"], "baselines": list(BASELINES)}
-        if args.cpu:
-            opts = {"impls": ["torch", "triton"], "baselines": ["eager"]}
+        plan = custom_plan(args)
     else:
-        cases, opts = preset_cases(args.preset or "target", args)
-    ours = args.impls if args.impls is not None else opts["impls"]
-    baselines = opts["baselines"] if args.baselines is None else args.baselines
-    baselines = list(BASELINES) if baselines == ["all"] else ([] if baselines == ["none"] else baselines)
-    impls = build_impls(ours, baselines, args.compile_chunks)
+        plan = preset_plan(args.preset or "target", args)
+    plan = resolve_names(plan, args.impls, args.baselines)
+    wanted = {n for _, names in plan for n in names}
+    impls = build_impls([n[5:] for n in ALL if n in wanted and n.startswith("ours_")],
+                        [n for n in BASELINES if n in wanted], args.compile_chunks)
+    unknown = wanted - {i.name for i in impls}
+    if unknown:
+        raise SystemExit(f"unknown implementations {sorted(unknown)}")
 
     env = env_info(device)
     writer = ResultsWriter(args.out, COLUMNS)
     runner = Runner(args, device, env, writer, impls)
-    runner.log(f"{len(cases)} cases on {env['device_name']} ({env['device_type']}), commit "
+    done, gemm = load_done(args.skip_done) if args.skip_done else (set(), {})
+    for (dev_name, *key), tflops in gemm.items():
+        if dev_name == env["device_name"]:
+            runner.gemm[tuple(key)] = tflops
+    runner.log(f"{len(plan)} cases on {env['device_name']} ({env['device_type']}), commit "
                f"{(env['git_commit'] or 'unknown')[:12]}{' (dirty)' if env['git_dirty'] else ''}; "
-               f"impls: {', '.join(i.name for i in impls)}; writing {writer.csv_path}")
+               f"impls: {', '.join(i.name for i in impls)}; writing {writer.csv_path}"
+               + (f"; {len(done)} (case, impl) pairs already done" if done else ""))
     for name, why in runner.unavailable.items():
         if why:
             runner.log(f"{name}: {why}")
     skipped = 0
-    for case in cases:
+    for case, names in plan:
         if runner.out_of_time():
-            row = runner.base_row(case, "all", "none")
-            row.update(status="skipped", note="time budget used up before this case started")
-            writer.append([row])
-            skipped += 1
+            if any((case.label(), n) not in done for n in names):
+                row = runner.base_row(case, "all", "none")
+                row.update(status="skipped", note="time budget used up before this case started")
+                writer.append([row])
+                skipped += 1
             continue
-        writer.append(runner.run_case(case))
+        rows = runner.run_case(case, names, done)
+        if rows:
+            writer.append(rows)
     if skipped:
         runner.log(f"{skipped} cases skipped (time budget {args.time_budget:.0f} s)")
-    if not args.no_table:
+    if not args.no_table and writer.jsonl_path.exists():
         from bench.plot import format_table, load_rows
 
         print(format_table(load_rows([writer.jsonl_path])))

@@ -6,9 +6,11 @@
 - makes sure .gpu/ and .whl/ are ignored through .git/info/exclude (they travel with `carry`, never in git);
 - checks .whl/ (from ../shared/gpu/fetch-wheels.sh): the benchmark's baselines, one version per package;
 - checks that what travels stays under the device tool's 64 MiB;
-- prints the device-tool calls that fit one session.
+- prints the device-tool calls that fit one session;
+- with --done, remembers results already returned, so a call that ran out of time can be resumed.
 
-    python scripts/gpu_prepare.py
+    python scripts/gpu_prepare.py --reset                  # start of a session
+    python scripts/gpu_prepare.py --done FILES_AT/results.jsonl   # after a call, before the next one
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ NEEDED_WHEELS = ("liger_kernel", "cut_cross_entropy")  # the kernel benchmark's 
 
 # One device call runs at most 600 s; the machine stays warm only ~30 s after a call, so issue them back to back.
 CALLS = (
-    ("tests,sm90,target", 540, "GPU kernel tests, Hopper resource check, the issue's target shapes"),
-    ("sweep-fwdbwd", 480, "the H x N grid, forward+backward, time-guarded"),
-    ("sweep-score", 240, "the forward-only scoring grid, time-guarded"),
+    ("tests,sm90", 300, "GPU kernel tests (compiled Triton), Hopper resource check"),
+    ("target", 570, "issue 2's target shapes with every baseline (the numbers that matter most)"),
+    ("sweep-fwdbwd", 420, "the H x N grid, forward+backward, time-guarded"),
+    ("sweep-score", 180, "the forward-only scoring grid, time-guarded"),
 )
 
 
@@ -41,10 +44,10 @@ def git(*args: str) -> str:
 def ensure_excluded(pattern: str) -> None:
     exclude = ROOT / ".git" / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
-    lines = exclude.read_text().splitlines() if exclude.exists() else []
-    if pattern not in lines:
+    text = exclude.read_text() if exclude.exists() else ""
+    if pattern not in text.splitlines():
         with exclude.open("a") as f:
-            f.write(("\n" if lines and lines[-1] else "") + pattern + "\n")
+            f.write(("\n" if text and not text.endswith("\n") else "") + pattern + "\n")
 
 
 def write_stamp() -> dict:
@@ -85,9 +88,37 @@ def travelling_bytes() -> int:
     return total
 
 
+def record_done(paths: list[Path], reset: bool) -> int:
+    """Append returned results to .gpu/done.jsonl, which the next call's benchmark skips (--skip-done)."""
+    done = ROOT / ".gpu" / "done.jsonl"
+    if reset and done.exists():
+        done.unlink()
+    text = done.read_text() if done.exists() else ""
+    for p in paths:
+        new = p.read_text()
+        for i, line in enumerate(new.splitlines(), 1):
+            if line.strip():
+                json.loads(line)  # a broken file must not poison the next call
+        text += new if new.endswith("\n") or not new else new + "\n"
+    done.parent.mkdir(exist_ok=True)
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(done)
+    return sum(1 for line in text.splitlines() if line.strip())
+
+
 def main(argv=None) -> int:
+    global ROOT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.parse_args(argv)
+    ap.add_argument("--done", nargs="+", type=Path, metavar="RESULTS_JSONL",
+                    help="results.jsonl of calls already returned: the next call does not measure them again")
+    ap.add_argument("--reset", action="store_true", help="forget earlier calls' results (a new session)")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the checkout (default: this script's)")
+    args = ap.parse_args(argv)
+    ROOT = args.root.resolve()
+    if args.done or args.reset:
+        n = record_done(args.done or [], args.reset)
+        print(f".gpu/done.jsonl: {n} rows the next call skips")
     stamp = write_stamp()
     print(f"source: {stamp['git_commit'][:12]}{' (dirty: ' + ', '.join(stamp['changed_files']) + ')' if stamp['git_dirty'] else ''}"
           " -> .gpu/source.json")
@@ -103,7 +134,9 @@ def main(argv=None) -> int:
     for i, (stages, budget, what) in enumerate(CALLS, 1):
         print(f"  {i}. command: bash scripts/gpu_session.sh --stages {stages} --budget {budget}\n"
               f"     carry: [\".whl\", \".gpu\"]   timeout_s: 600   ({what})")
-    print("\nThen: python scripts/gpu_collect.py <files_at of call 1> <files_at of call 2> ...")
+    print("\nAfter a call whose benchmark stopped early: python scripts/gpu_prepare.py --done <files_at>/results.jsonl,"
+          "\nthen repeat that call: it measures only what is missing.")
+    print("Then: python scripts/gpu_collect.py <files_at of each call, in order>")
     return 1 if any("over the device" in p for p in problems) else 0
 
 

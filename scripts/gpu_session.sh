@@ -18,7 +18,8 @@
 #              (all skipped without CUDA), check_sm90 --help (WDL_DRY_RUN_FULL=1: the real check).
 #              Writes to $OUT if set, else a fresh /tmp directory.
 # Environment: PYTHON (default python3), WDL_WHEELS (default .whl), WDL_SITE (default /tmp/site),
-#              WDL_KERNEL_TESTS (default tests/kernels), WDL_BENCH_EXTRA (extra bench_kernel.py arguments).
+#              WDL_KERNEL_TESTS (default tests/kernels), WDL_BENCH_EXTRA (extra bench_kernel.py arguments),
+#              WDL_SKIP_DONE (default .gpu/done.jsonl: results of earlier calls, not measured again).
 # Files in $OUT (at most 8 come back): results.csv results.jsonl summary.md kernel_bench.png session.log
 #                                      pytest_gpu.log check_sm90.json
 set -uo pipefail
@@ -61,6 +62,7 @@ if [ "$DRY" = 1 ] && [ -z "${WDL_SITE:-}" ]; then   # a throw-away install targe
 fi
 BENCH_EXTRA="${WDL_BENCH_EXTRA:-}"
 KERNEL_TESTS="${WDL_KERNEL_TESTS:-tests/kernels}"
+DONE="${WDL_SKIP_DONE:-$ROOT/.gpu/done.jsonl}"   # rows returned by earlier calls (scripts/gpu_prepare.py --done)
 declare -A STATUS=()
 
 remaining() { echo $(( BUDGET - SECONDS )); }
@@ -133,9 +135,10 @@ stage_bench() {
     if [ "$DRY" = 1 ]; then soft=$(( hard - 5 )); fi
     if [ $soft -lt 20 ]; then echo "not enough time left for the $preset benchmark"; return 3; fi
     local cpu=(); [ "$DRY" = 1 ] && cpu=(--cpu)
+    local resume=(); [ -s "$DONE" ] && resume=(--skip-done "$DONE") && echo "resuming: skipping what $DONE holds"
     # shellcheck disable=SC2086  # BENCH_EXTRA is a list of words on purpose
     timeout "$hard" "$PY" bench/bench_kernel.py "${cpu[@]}" --preset "$preset" --out "$OUT" \
-        --time-budget "$soft" --no-table $BENCH_EXTRA
+        --time-budget "$soft" --no-table "${resume[@]}" $BENCH_EXTRA
 }
 
 main() {

@@ -52,6 +52,7 @@ def dry_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_session")
     out = tmp / "out"
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, WDL_WHEELS=str(tmp / "wheels"),
+               WDL_SKIP_DONE=str(tmp / "no-earlier-calls.jsonl"),
                WDL_KERNEL_TESTS=str(_kernel_tests(tmp / "kt")),
                WDL_BENCH_EXTRA="--impls torch --baselines eager --reps 1 --min-reps 1 --warmup 1 --check-n 16")
     _probe_wheel(tmp / "wheels")
@@ -85,7 +86,8 @@ def test_dry_run_files_fit_what_the_device_tool_returns(dry_run):
     assert rows and all(set(r) == set(COLUMNS) for r in rows)
     assert {r["device_type"] for r in rows} == {"cpu"} and all(r["label"].startswith("CPU") for r in rows)
     assert {r["case"] for r in rows if r["impl"] == "ours_torch" and r["status"] == "ok"} == {
-        "fwdbwd 2x32 N=64 V=500 fp32", "fwdbwd 1x32 N=64 V=500 fp32", "score 1x32 N=64 V=500 fp32"}
+        "fwdbwd 2x32 N=64 V=500 fp32", "fwdbwd 1x32 N=64 V=500 fp32", "score 1x32 N=64 V=500 fp32",
+        "fwd 1x32 N=64 V=500 fp32"}
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +154,40 @@ def test_a_real_session_needs_out(tmp_path):
     assert res.returncode == 2 and "$OUT is not set" in res.stderr
     helped = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
     assert helped.returncode == 0 and "--stages" in helped.stdout and "sweep-fwdbwd" in helped.stdout
+
+
+def test_prepare_stamps_the_source_and_remembers_returned_rows(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gpu_prepare
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True, text=True)  # noqa: E731
+    git("init", "-q")
+    (repo / "f.txt").write_text("x\n")
+    git("add", "f.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    head = git("rev-parse", "HEAD").stdout.strip()
+    try:
+        assert gpu_prepare.main(["--root", str(repo)]) == 0
+        stamp = json.loads((repo / ".gpu" / "source.json").read_text())
+        assert stamp["git_commit"] == head and stamp["git_dirty"] is False
+        (repo / "f.txt").write_text("changed\n")
+        returned = tmp_path / "results.jsonl"
+        returned.write_text('{"case": "c", "impl": "i", "status": "ok"}\n')
+        assert gpu_prepare.main(["--root", str(repo), "--done", str(returned)]) == 0
+        assert gpu_prepare.main(["--root", str(repo), "--done", str(returned)]) == 0
+        stamp = json.loads((repo / ".gpu" / "source.json").read_text())
+        assert stamp["git_dirty"] is True and stamp["changed_files"] == ["f.txt"]
+        assert len((repo / ".gpu" / "done.jsonl").read_text().splitlines()) == 2
+        assert gpu_prepare.main(["--root", str(repo), "--reset"]) == 0
+        assert not (repo / ".gpu" / "done.jsonl").read_text().strip()
+        exclude = (repo / ".git" / "info" / "exclude").read_text().splitlines()
+        assert exclude.count("/.gpu/") == 1 and exclude.count("/.whl/") == 1
+        assert git("status", "--porcelain").stdout.strip() == "M f.txt"  # .gpu/ stays out of git
+        out = capsys.readouterr().out
+        assert "lacks liger_kernel" in out and "gpu_session.sh --stages target" in out
+    finally:
+        gpu_prepare.ROOT = ROOT

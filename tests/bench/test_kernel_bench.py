@@ -154,24 +154,49 @@ def test_presets_cover_the_issue_shapes():
     args = bk.parse_args(["--cpu"])
     for cpu in (False, True):
         args.cpu = cpu
-        target, opts = bk.preset_cases("target", args)
-        seen = set(target)
+        target = bk.preset_plan("target", args)
+        seen = dict(target)
         for preset in ("sweep-fwdbwd", "sweep-score", "sweep"):
-            cases, _ = bk.preset_cases(preset, args)
-            assert cases and not (set(cases) & set(target)), preset
-            seen |= set(cases)
+            plan = bk.preset_plan(preset, args)
+            assert plan and not ({c for c, _ in plan} & {c for c, _ in target}), preset
+            seen.update(plan)
+        assert all(set(names) <= set(bk.ALL) and names[0] == "ours_triton" for names in seen.values())
         if not cpu:
-            first = target[0]
+            (first, names), (second, names2) = target[:2]
             assert (first.mode, first.heads, first.hs, first.n, first.vocab, first.dtype) == (
                 "fwdbwd", 2, 2560, 16384, 151936, "bf16")
-            assert {("fwdbwd", 1), ("score", 1)} <= {(c.mode, c.heads) for c in target if c.hs == 2560 and c.n == 16384}
+            assert set(names) == set(bk.ALL)  # every baseline on the headline case
+            assert (second.mode, second.heads) == ("fwdbwd", 1) and {"cce", "cce_nofilter"} <= set(names2)
+            assert any(c.mode == "score" and c.heads == 1 and c.hs == 2560 and c.n == 16384 for c, _ in target)
             assert {c.hs for c in seen} == set(bk.QWEN3_HIDDEN) and {c.n for c in seen} == set(bk.TOKENS)
             assert {c.heads for c in seen if c.mode == "fwdbwd"} == {1, 2}
-            assert set(opts["baselines"]) == set(BASELINES)
         else:
             assert all(c.dtype == "fp32" and c.vocab == bk.CPU_VOCAB for c in seen)
     with pytest.raises(SystemExit):
         bk.parse_args(["--cpu", "--modes", "backward"])
+
+
+def test_command_line_lists_replace_the_presets_choice():
+    args = bk.parse_args(["--cpu"])
+    plan = bk.preset_plan("target", args)
+    only = bk.resolve_names(plan, ["torch"], ["none"])
+    assert all(names == ("ours_torch",) for _, names in only)
+    every = bk.resolve_names(plan, None, ["all"])
+    assert all(set(names) - {"ours_triton", "ours_torch"} == set(BASELINES) for _, names in every)
+    kept = bk.resolve_names(plan, None, None)
+    assert kept == plan
+
+
+def test_skip_done_resumes_where_an_earlier_call_stopped(tmp_path, restore_threads):
+    common = ["--cpu", "--hidden", "16", "--tokens", "32", "--heads", "1", "--modes", "fwd,score", "--impls", "torch",
+              "--reps", "1", "--min-reps", "1", "--warmup", "1", "--no-table"]
+    first = tmp_path / "first"
+    assert bk.main(common + ["--out", str(first), "--modes", "fwd"]) == 0
+    second = tmp_path / "second"
+    assert bk.main(common + ["--out", str(second), "--skip-done", str(first / "results.jsonl")]) == 0
+    rows = read_jsonl(second / "results.jsonl")
+    assert {(r["mode"], r["impl"]) for r in rows} == {("score", "ours_torch"), ("score", "eager")}
+    assert all(r["gemm_tflops"] for r in rows)  # the GEMM rate measured in the first call is reused
 
 
 @pytest.fixture
