@@ -90,10 +90,15 @@ def load_causal_lm(
 
 
 def enable_activation_checkpointing(model: PreTrainedModel) -> None:
-    if not model.supports_gradient_checkpointing:
+    if not getattr(model, "supports_gradient_checkpointing", True):
         raise ValueError(f"{type(model).__name__} does not support activation checkpointing; "
                          "set train.activation_checkpointing=false")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x; older: gradient_...
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def liger_available() -> bool:
