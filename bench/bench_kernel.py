@@ -344,8 +344,14 @@ class Runner:
     def _time(self, case: Case, impl: Impl, row: dict) -> dict:
         inp = step = None
         gen = torch.Generator(device=self.device).manual_seed(self.args.seed + 11)
+        cuda = self.device.type == "cuda"
+        base = 0  # allocated before the implementation's first call (the inputs and what the run keeps)
         try:
             inp = make_inputs(case, self.device, self.args.seed, requires_grad=case.mode == "fwdbwd")
+            if cuda:
+                torch.cuda.synchronize(self.device)
+                base = torch.cuda.memory_allocated(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
             step = impl.step(case, inp)
             t = time_fn(step, self.device, self.timing, lambda: refresh_inputs(inp, gen), self.flusher)
             mem = measure_memory(step, inp.nbytes(), self.device)
@@ -359,12 +365,14 @@ class Runner:
                            mem_extra_bytes=mem.extra_bytes, mem_peak_bytes=mem.peak_bytes)
         except Exception as e:  # noqa: BLE001 - an OOM or a crash of one implementation is a result, not the end
             if is_oom(e):
+                # A lower bound of what the call needed, on the same footing as mem_peak_bytes: the inputs, plus
+                # what the call had allocated at its peak, plus the allocation that failed.
                 tried = oom_tried_bytes(e)
-                peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
-                needed = peak + tried if tried is not None else None
-                row.update(status="OOM", mem_inputs_bytes=inp.nbytes() if inp is not None else None,
-                           mem_needed_bytes_min=needed,
-                           note=f"out of memory; needed more than {needed / GIB:.1f} GiB (peak at the failure + "
+                growth = torch.cuda.max_memory_allocated(self.device) - base if cuda else 0
+                inputs = inp.nbytes() if inp is not None else 0
+                needed = inputs + growth + tried if tried is not None else None
+                row.update(status="OOM", mem_inputs_bytes=inputs or None, mem_needed_bytes_min=needed,
+                           note=f"out of memory; needed more than {needed / GIB:.1f} GiB (inputs + peak growth + "
                                 f"the failed allocation); {impl.note}" if needed else f"out of memory; {impl.note}")
             else:
                 row.update(status="error", note=f"{type(e).__name__}: {str(e)[:300]}")

@@ -134,6 +134,41 @@ def test_a_wrong_kernel_is_refused_and_not_timed(tmp_path, wrong, mode):
     assert runner.wrong == [f"{case.label()} ours_wrong"]
 
 
+def test_oom_and_crashes_are_results_and_the_run_goes_on(tmp_path):
+    from bench.common import ResultsWriter, env_info
+
+    class OOM(Eager):
+        name = "liger"
+
+        def step(self, case, inp):
+            def run():
+                if torch.is_grad_enabled() and inp.hidden.shape[0] > 16:  # passes the small check, fails timing
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 ...")
+                return super(OOM, self).step(case, inp)()
+            return run
+
+    class Crash(Eager):
+        name = "cce"
+
+        def step(self, case, inp):
+            def run():
+                if inp.hidden.shape[0] > 16:
+                    raise RuntimeError("illegal memory access")
+                return super(Crash, self).step(case, inp)()
+            return run
+
+    case = Case(n=32, vocab=29, hs=8, hw=0, mode="fwdbwd", dtype="fp32")
+    runner = bk.Runner(_args(tmp_path), CPU, env_info(CPU), ResultsWriter(tmp_path, bk.COLUMNS),
+                       [Ours("torch"), OOM(), Crash(), Eager()])
+    rows = {r["impl"]: r for r in runner.run_case(case)}
+    oom, crash = rows["liger"], rows["cce"]
+    inputs = (32 * 8 + 29 * 8) * 4 + 32 * 8
+    assert oom["status"] == "OOM" and oom["mem_needed_bytes_min"] == inputs + (2 << 30) and "2.0 GiB" in oom["note"]
+    assert crash["status"] == "error" and "illegal memory access" in crash["note"]
+    assert rows["eager"]["status"] == rows["ours_torch"]["status"] == "ok"
+    assert rows["ours_torch"]["speedup_vs_eager"] and rows["ours_torch"].get("speedup_vs_liger") is None
+
+
 def test_an_unavailable_baseline_is_reported_not_raised(tmp_path):
     from bench.common import ResultsWriter, env_info
 
