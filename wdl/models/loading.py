@@ -89,6 +89,30 @@ def load_causal_lm(
     return model
 
 
+def causal_lm_skeleton(
+    path: str | Path,
+    *,
+    attn_implementation: str | None = None,
+    activation_checkpointing: bool = False,
+    use_liger: bool = False,
+    device: torch.device | str | None = None,
+) -> PreTrainedModel:
+    """The same module tree as `load_causal_lm`, with every tensor on the meta device (no memory, no weights).
+
+    For ranks that receive their shards from rank 0 (FSDP2): only rank 0 reads the checkpoint into host memory.
+    Buffers (e.g. rotary frequencies) must be filled in after materialisation.
+    """
+    attn = pick_attn_implementation(attn_implementation)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(load_config(path), dtype=torch.float32, attn_implementation=attn)
+    model.config.use_cache = False
+    if activation_checkpointing:
+        enable_activation_checkpointing(model)
+    if use_liger:
+        apply_liger(model, device=torch.device(device) if device is not None else None)
+    return model
+
+
 def enable_activation_checkpointing(model: PreTrainedModel) -> None:
     if not getattr(model, "supports_gradient_checkpointing", True):
         raise ValueError(f"{type(model).__name__} does not support activation checkpointing; "

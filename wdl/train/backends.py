@@ -26,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
 
@@ -170,6 +171,9 @@ class FSDP2Backend(TorchBackend):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+        # Rank 0 holds the real weights; the other ranks hold meta skeletons (see Trainer). Keep rank 0's full
+        # state to broadcast once everything is sharded.
+        full_sd = {k: v.detach() for k, v in joint.state_dict().items()} if self.dist.is_main else {}  # no copy
         mesh = init_device_mesh(self.device.type, (self.dist.world_size,))
         mp = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
         offload = CPUOffloadPolicy() if self.cfg.fsdp_cpu_offload else OffloadPolicy()
@@ -178,8 +182,18 @@ class FSDP2Backend(TorchBackend):
             for block in sub.get_decoder().layers:
                 fully_shard(block, **kwargs)
         fully_shard(joint, **kwargs)
-        if not self.cfg.fsdp_cpu_offload:
-            joint.to(self.device)
+        home = torch.device("cpu") if self.cfg.fsdp_cpu_offload else self.device
+        if any(t.is_meta for t in [*joint.parameters(), *joint.buffers()]):
+            joint.to_empty(device=home)
+        else:
+            joint.to(home)
+        set_model_state_dict(joint, full_sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                                      strict=False))
+        for buf in joint.buffers():  # non-persistent buffers (rotary frequencies) are in no state dict
+            staged = buf.to(self.device)  # NCCL broadcasts device tensors
+            torch.distributed.broadcast(staged, src=0)
+            buf.copy_(staged)
+        del full_sd
 
     def autocast(self):
         return contextlib.nullcontext()  # the MixedPrecisionPolicy casts parameters for compute

@@ -23,6 +23,7 @@ import torch
 
 from wdl.io import atomic_write_jsonl
 from wdl.models import JointModel, is_complete_hf_checkpoint, load_causal_lm, load_config, save_hf_checkpoint
+from wdl.models.loading import causal_lm_skeleton
 
 from .backends import build_backend, move_batch
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -113,12 +114,21 @@ class Trainer:
         torch.manual_seed(train.seed)
         self.compute_dtype = compute_dtype_for(train, self.dist.device)
 
-        load_device = self.dist.device if train.backend == "single" else "cpu"
-        load = dict(dtype=torch.float32, attn_implementation=train.attn_implementation,
-                    activation_checkpointing=train.activation_checkpointing, use_liger=train.use_liger,
-                    device=load_device)
-        strong = load_causal_lm(self.strong_path, **load)
-        weak = load_causal_lm(self.weak_path, **load) if self.weak_path is not None else None
+        # FSDP2: only rank 0 reads the checkpoints; the other ranks build meta skeletons and receive their shards
+        # from rank 0 (FSDP2Backend.shard). Elsewhere every process loads the weights itself.
+        skeleton = train.backend == "fsdp2" and not self.dist.is_main
+        opts = dict(attn_implementation=train.attn_implementation, use_liger=train.use_liger,
+                    activation_checkpointing=train.activation_checkpointing)
+        if skeleton:
+            def load(path):
+                return causal_lm_skeleton(path, device=self.dist.device, **opts)
+        else:
+            load_device = self.dist.device if train.backend == "single" else "cpu"
+
+            def load(path):
+                return load_causal_lm(path, dtype=torch.float32, device=load_device, **opts)
+        strong = load(self.strong_path)
+        weak = load(self.weak_path) if self.weak_path is not None else None
         self.flops = [FlopCounter(strong.config, trainable=True)]
         if weak is not None:
             self.flops.append(FlopCounter(weak.config, trainable=not train.freeze_weak))
