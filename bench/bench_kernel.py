@@ -127,6 +127,8 @@ def preset_plan(preset: str, args) -> Plan:
         (Case(n=n, hs=h, hw=0, mode="score", **common), ("ours_triton", "ours_torch", "eager", "compile_chunked")),
         (Case(n=n, hs=h, hw=0, mode="fwd", **common), ("ours_triton", "eager", "liger", "cce")),
     ]
+    if args.cpu:
+        target = [(c, names if "ours_torch" in names else ("ours_torch", *names)) for c, names in target]
     if preset == "target":
         return target
     plan = []
@@ -136,7 +138,10 @@ def preset_plan(preset: str, args) -> Plan:
     if preset in ("sweep-score", "sweep"):
         plan += [(c, SCORE_SWEEP) for c in _grid(hidden, tokens, (1,), ("score",), **common)]
     done = {c for c, _ in target}
-    return [(c, names) for c, names in plan if c not in done]
+    plan = [(c, names) for c, names in plan if c not in done]
+    if args.cpu:  # on the CPU the torch impl is our real path (Triton runs in its interpreter)
+        plan = [(c, names if "ours_torch" in names else ("ours_torch", *names)) for c, names in plan]
+    return plan
 
 
 def custom_plan(args) -> Plan:

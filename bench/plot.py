@@ -222,7 +222,8 @@ def plot(rows, path: Path) -> None:
     for i, mode in enumerate(modes):
         mrows = [r for r in rows if r.get("mode") == mode]
         shapes = sorted({_shape_key(r) for r in mrows}, key=lambda k: (k[0], k[1], k[2]))
-        impls = [m for m in IMPL_ORDER if any(r["impl"] == m for r in mrows)]
+        impls = [m for m in IMPL_ORDER
+                 if any(r["impl"] == m and r.get("status") in ("ok", "OOM", "wrong", "error") for r in mrows)]
         ax_t, ax_m = axes[i]
         if not shapes:
             for ax in (ax_t, ax_m):
@@ -253,8 +254,9 @@ def plot(rows, path: Path) -> None:
             g = _gemm_for(rows, {"n": s[2], "vocab": next(r["vocab"] for r in mrows),
                                  "hs": s[1], "hw": s[1] if s[0] == 2 else 0, "dtype": mrows[0].get("dtype")})
             if g is not None and g.get("tflops"):
+                gemm_label = "cuBLAS GEMM rate" if g["impl"] == "cublas_gemm" else "torch.mm rate"
                 ax_t.hlines(g["tflops"], k - 0.45, k + 0.45, colors="black", linestyles="dashed",
-                            label="cuBLAS GEMM rate" if k == 0 else None)
+                            label=None if k else gemm_label)
         names = [f"{'2x' if h == 2 else '1x'}{hs}\nN={n}" for h, hs, n in shapes]
         flop = "6NV(Hs+Hw)" if mode == "fwdbwd" else "2NV(Hs+Hw)"
         ax_t.set_title(f"{mode}: TFLOP/s on {flop}")
@@ -268,6 +270,7 @@ def plot(rows, path: Path) -> None:
             ax_m.legend(fontsize=7, ncol=2)
         else:
             ax_m.text(0.5, 0.5, "no memory counters (CPU run)", ha="center", va="center", transform=ax_m.transAxes)
+            ax_m.set_axis_off()
     fig.suptitle(f"wdl_kernels mixed linear cross-entropy — {device} — {label}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
