@@ -139,3 +139,26 @@ def test_export_reloads_with_identical_logits(tmp_path, tiny_tokenizer, tie):
     eos = gen["eos_token_id"]
     assert tiny_tokenizer.convert_tokens_to_ids(IM_END) in eos and tiny_tokenizer.eos_token_id in eos
     assert (out / "tokenizer.json").is_file()
+
+
+def test_autocast_runs_the_fused_head_in_the_autocast_dtype():
+    s = _model(300, 1)
+    seen = []
+    import wdl_kernels
+
+    original = wdl_kernels.mixed_linear_cross_entropy
+
+    def spy(hidden, weight, *a, **k):
+        seen.append((hidden.dtype, weight.dtype))
+        return original(hidden, weight, *a, **k)
+
+    ids, labels, pos = _batch(300)
+    joint = JointModel(s, kernel_impl="torch")
+    try:
+        wdl_kernels.mixed_linear_cross_entropy = spy
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = joint(ids, labels, pos)
+    finally:
+        wdl_kernels.mixed_linear_cross_entropy = original
+    assert seen == [(torch.bfloat16, torch.bfloat16)]
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)

@@ -83,17 +83,19 @@ class JointModel(nn.Module):
         if self.loss_impl == "reference":
             return self._reference_forward(inputs, labels)
         hidden = decoder_hidden_states(self.strong, **inputs)
-        hidden = hidden.reshape(-1, hidden.shape[-1])
-        weight = lm_head_weight(self.strong)
+        # Under autocast the final norm returns fp32 (the residual stream is fp32): run the lm_head GEMMs in the
+        # autocast dtype, as an nn.Linear lm_head would.
+        dtype = _autocast_dtype(hidden.device) or hidden.dtype
+        hidden = hidden.reshape(-1, hidden.shape[-1]).to(dtype)
+        weight = lm_head_weight(self.strong).to(dtype)
         weak_hidden = weak_weight = None
         if self.weak is not None:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_weak):
                 weak_hidden = decoder_hidden_states(self.weak, **inputs)
-            weak_hidden = weak_hidden.reshape(-1, weak_hidden.shape[-1])
-            weak_weight = lm_head_weight(self.weak)
-            weak_weight = weak_weight.to(weak_hidden.dtype)
+            weak_hidden = weak_hidden.reshape(-1, weak_hidden.shape[-1]).to(dtype)
+            weak_weight = lm_head_weight(self.weak).to(dtype)
         out = wdl_kernels.mixed_linear_cross_entropy(
-            hidden, weight.to(hidden.dtype), labels, weak_hidden, weak_weight, lam=self.lam,
+            hidden, weight, labels, weak_hidden, weak_weight, lam=self.lam,
             ignore_index=IGNORE_INDEX, reduction="sum", return_stats=True, impl=self.kernel_impl,
         )
         return JointOutput(out.loss, out.stats)
@@ -111,6 +113,12 @@ class JointModel(nn.Module):
         with torch.no_grad():
             stats = stats_from_logits(logits, labels)
         return JointOutput(loss, stats)
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
 
 
 @torch.no_grad()

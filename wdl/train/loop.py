@@ -227,16 +227,20 @@ class Trainer:
         dev = self.dist.device
         # [loss sum, entropy sum, margin sum, label tokens, input tokens, samples, sum of squared sequence lengths]
         acc = torch.zeros(7, dtype=torch.float64, device=dev)
+        counts = torch.zeros(4, dtype=torch.float64)  # from the CPU batches: no device sync per micro-batch
         for mb in data_step.micro_batches:
-            out = self.backend.forward_backward(move_batch(mb, dev), scale)
-            valid = mb["labels"].reshape(-1).to(dev) != IGNORE_INDEX
+            batch = move_batch(mb, dev)
+            out = self.backend.forward_backward(batch, scale)
+            valid = (batch["labels"].reshape(-1) != IGNORE_INDEX).double()
             acc[0] += out.loss.double()
-            acc[1] += out.stats.entropy[valid].double().sum()
-            acc[2] += out.stats.margin[valid].double().sum()
+            acc[1] += (out.stats.entropy.double() * valid).sum()  # the mixed distribution, over label tokens
+            acc[2] += (out.stats.margin.double() * valid).sum()
             sidx = mb["sample_idx"]
             lens = sequence_lengths(mb["position_ids"], sidx)
-            acc[3:] += torch.tensor([float(int(valid.sum())), float(lens.sum()), float(torch.unique(sidx[sidx >= 0]).numel()),
-                                     float((lens.double() ** 2).sum())], dtype=torch.float64, device=dev)
+            counts += torch.tensor([int((mb["labels"] != IGNORE_INDEX).sum()), int(lens.sum()),
+                                    torch.unique(sidx[sidx >= 0]).numel(), int((lens.long() ** 2).sum())],
+                                   dtype=torch.float64)
+        acc[3:] = counts.to(dev)
         all_reduce_sum(acc)
         loss_sum, ent_sum, margin_sum, n_label, n_tokens, n_samples, sum_sq = acc.tolist()
         if int(n_label) != n_global:
