@@ -217,10 +217,30 @@ def test_schedule_and_config_validation():
 
 
 def test_log_rows_are_json_with_step_and_loss(tmp_path, model_pair, samples):
-    train_phase("sft", model_pair[0], samples, DATA, _cfg(max_steps=2), tmp_path / "work", tmp_path / "out",
-                tmp_path / "log.jsonl")
+    train_phase("sft", model_pair[0], samples, DATA, _cfg(max_steps=2, tensorboard=True), tmp_path / "work",
+                tmp_path / "out", tmp_path / "log.jsonl")
+    assert list((tmp_path / "work" / "tensorboard").glob("events.out.tfevents.*"))
     for i, line in enumerate((tmp_path / "log.jsonl").read_text().splitlines(), 1):
         row = json.loads(line)
         assert row["step"] == i and isinstance(row["step"], int) and isinstance(row["loss"], float)
         for key in ("lr", "grad_norm", "entropy", "margin", "tokens_per_s", "label_tokens", "samples"):
             assert key in row
+
+
+def test_extract_submodel_from_a_dcp_checkpoint(tmp_path, model_pair, samples):
+    from safetensors.torch import load_file
+
+    from wdl.train import extract_submodel
+
+    strong, weak = model_pair
+    train_phase("joint", strong, samples, DATA, _cfg(max_steps=2, freeze_weak=True), tmp_path / "work",
+                tmp_path / "out", tmp_path / "log.jsonl", weak_model=weak)
+    got = load_file(extract_submodel(tmp_path / "work", tmp_path / "strong") / "model.safetensors")
+    want = load_file(tmp_path / "out" / "model.safetensors")
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    frozen = load_file(extract_submodel(tmp_path / "work" / "step-2", tmp_path / "weak", which="weak")
+                       / "model.safetensors")
+    source = load_file(weak / "model.safetensors")
+    assert all(torch.equal(frozen[k], source[k]) for k in source)
+    with pytest.raises(ValueError, match="no complete training checkpoint"):
+        extract_submodel(tmp_path, tmp_path / "x")
