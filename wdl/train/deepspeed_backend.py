@@ -35,7 +35,12 @@ def import_deepspeed():
     try:
         import deepspeed
     except ImportError:
-        raise ValueError("train.backend=deepspeed needs DeepSpeed: pip install deepspeed") from None
+        raise ValueError("train.backend=deepspeed needs DeepSpeed: pip install 'deepspeed>=0.19.8'") from None
+    from deepspeed.runtime import constants
+
+    if not hasattr(constants, "MANAGED_GRADIENT_ACCUMULATION"):  # our accumulation needs the unmanaged mode
+        raise ValueError(f"DeepSpeed {deepspeed.__version__} is too old for train.backend=deepspeed (no "
+                         "managed_gradient_accumulation): pip install 'deepspeed>=0.19.8'")
     return deepspeed
 
 
