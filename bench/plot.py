@@ -194,9 +194,10 @@ def write_summary(rows, path: Path) -> None:
                      f"driver {r.get('driver_version')}, liger-kernel {r.get('liger_kernel_version')}, "
                      f"cut-cross-entropy {r.get('cut_cross_entropy_version')}, {r.get('date_utc')}")
     parts += ["", "TFLOP/s on 6*N*V*(Hs+Hw) for fwdbwd, 2*N*V*(Hs+Hw) for fwd/score; %GEMM against the cuBLAS "
-              "rate measured at [N, Hs+Hw] x [Hs+Hw, V] in the same run; extra = peak memory beyond the inputs and "
-              "the returned outputs; 'ours x' = how many times faster ours_triton is than that row; 'ok!' = timed "
-              "but failed its correctness check (approximate baseline).", "", "## Targets", "", format_targets(rows),
+              "rate (torch.mm on a CPU) measured at [N, Hs+Hw] x [Hs+Hw, V] in the same run; extra = peak memory beyond the inputs and "
+              "the returned outputs (CUDA only); 'ours x' = how many times faster ours_triton (ours_torch in a CPU "
+              "run, where Triton runs in its interpreter) is than that row; 'ok!' = timed but failed its "
+              "correctness check (approximate baseline).", "", "## Targets", "", format_targets(rows),
               "", "## All measurements", "", format_table(rows, markdown=True), ""]
     atomic_write_text(path, "\n".join(parts))
 
