@@ -4,7 +4,7 @@
 
 SPEC: model_dir, weak_dir (or null), work_dir, export_dir, log_path, train (TrainConfig fields),
 data (FakeDataConfig fields), n_samples, vocab, kill_at_step (SIGKILL itself right after that step's
-checkpoint-free log row, or null), summary_path (rank 0 writes the TrainSummary there).
+checkpoint-free log row, or null), nan_at_step (NaN loss in that step, or null), summary_path (rank 0 writes the TrainSummary there).
 """
 
 from __future__ import annotations
@@ -40,6 +40,23 @@ def main() -> None:
             return row
 
         Trainer.train_step = train_step
+
+    nan_at = spec.get("nan_at_step")
+    if nan_at is not None:  # poison every micro-batch loss of that optimizer step
+        from wdl.models import JointModel
+
+        forward = JointModel.forward
+        per_step = spec.get("data", {}).get("micro_batches_per_step", 4) // int(os.environ.get("WORLD_SIZE", "1"))
+        calls = {"n": 0}
+
+        def poisoned(self, *args, **kwargs):
+            out = forward(self, *args, **kwargs)
+            calls["n"] += 1
+            if (nan_at - 1) * per_step < calls["n"] <= nan_at * per_step:
+                return out._replace(loss=out.loss * float("nan"))
+            return out
+
+        JointModel.forward = poisoned
 
     samples = make_samples(spec["n_samples"], spec["vocab"], seed=spec.get("data_seed", 0))
     summary = train_phase(
