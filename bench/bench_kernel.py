@@ -146,9 +146,9 @@ def preset_plan(preset: str, args) -> Plan:
 
 def custom_plan(args) -> Plan:
     """--hidden/--tokens grid: ours and the eager baseline unless --impls/--baselines say otherwise."""
-    cases = _grid(args.hidden, args.tokens, args.heads, args.modes,
-                  args.vocab or (CPU_VOCAB if args.cpu else QWEN3_VOCAB), args.dtype or ("fp32" if args.cpu else "bf16"),
-                  args.lam, args.ignore_frac)
+    vocab = args.vocab or (CPU_VOCAB if args.cpu else QWEN3_VOCAB)
+    dtype = args.dtype or ("fp32" if args.cpu else "bf16")
+    cases = _grid(args.hidden, args.tokens, args.heads, args.modes, vocab, dtype, args.lam, args.ignore_frac)
     names = ("ours_torch", "ours_triton", "eager") if args.cpu else ("ours_triton", "eager")
     return [(c, names) for c in cases]
 
@@ -227,7 +227,7 @@ class Checker:
         if out.loss is not None:
             errs["loss"] = _rel(out.loss, ref["loss"])
         if out.grads is not None:
-            errs["grad"] = max(_rel(g, r) for g, r in zip(out.grads, ref["grads"]))
+            errs["grad"] = max(_rel(g, r) for g, r in zip(out.grads, ref["grads"], strict=True))
         if out.entropy is not None:
             errs["entropy"] = _rel(out.entropy, ref["entropy"])
             errs["nll"] = _rel(out.nll, ref["nll"])

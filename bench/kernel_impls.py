@@ -346,7 +346,7 @@ class _ChunkedGradInForward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        grads = [(g * grad_out).to(dt) for g, dt in zip(ctx.saved_tensors, ctx.dtypes)]
+        grads = [(g * grad_out).to(dt) for g, dt in zip(ctx.saved_tensors, ctx.dtypes, strict=True)]
         if not ctx.has_weak:
             grads += [None, None]
         return (*grads, None, None, None, None)

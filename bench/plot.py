@@ -52,8 +52,9 @@ def _cases(rows) -> OrderedDict:
 
 def _gemm_for(rows, r) -> dict | None:
     for g in rows:
-        if (g.get("mode") == "gemm" and g.get("n") == r.get("n") and g.get("vocab") == r.get("vocab")
-                and g.get("hs", 0) + g.get("hw", 0) == r.get("hs", 0) + r.get("hw", 0) and g.get("dtype") == r.get("dtype")):
+        same_k = g.get("hs", 0) + g.get("hw", 0) == r.get("hs", 0) + r.get("hw", 0)
+        if (g.get("mode") == "gemm" and g.get("n") == r.get("n") and g.get("vocab") == r.get("vocab") and same_k
+                and g.get("dtype") == r.get("dtype")):
             return g
     return None
 
@@ -96,7 +97,8 @@ def format_table(rows, markdown: bool = False) -> str:
         ours = impls.get(main_ours(impls.values()))
         for name, r in impls.items():
             speed = None
-            if ours and ours is not r and ours.get("status") == "ok" and r.get("status") == "ok" and r.get("kind") == "baseline":
+            both_ok = ours and ours.get("status") == "ok" and r.get("status") == "ok"
+            if both_ok and ours is not r and r.get("kind") == "baseline":
                 speed = ours.get(f"speedup_vs_{name}")
             lines.append([label, name, _status(r), _fmt(r.get("ms_median"), ".2f"),
                           f"{_fmt(r.get('ms_p20'), '.2f')}-{_fmt(r.get('ms_p80'), '.2f')}" if r.get("ms_p20") else "-",
@@ -134,43 +136,42 @@ def _find(rows, mode, hw, impl):
     return None
 
 
+def _ratio_target(name, value, limit, at_least=True, unit="x") -> dict:
+    if value is None:
+        return {"target": name, "value": "-", "verdict": "not measured"}
+    ok = value >= limit if at_least else value <= limit
+    shown = f"{value:.2f}x" if unit == "x" else (f"{value:.1f}%" if unit == "%" else unit.format(value))
+    return {"target": name, "value": shown, "verdict": "PASS" if ok else "FAIL"}
+
+
 def target_checks(rows) -> list[dict]:
-    """Each target of issue 2 with its measured value: {"target", "value", "verdict"} (verdict PASS/FAIL/not measured)."""
-    out = []
+    """Each target of issue 2 with its measured value: {"target", "value", "verdict"} (PASS / FAIL / not measured)."""
 
-    def add(target, value, ok):
-        out.append({"target": target, "value": value, "verdict": "not measured" if ok is None else ("PASS" if ok else "FAIL")})
+    def ok(r):
+        return r if r is not None and r.get("status") == "ok" else None
 
-    two = _find(rows, "fwdbwd", TARGET_H, OURS_MAIN)
-    one = _find(rows, "fwdbwd", 0, OURS_MAIN)
-    score = _find(rows, "score", 0, OURS_MAIN)
-    ok2 = two is not None and two.get("status") == "ok"
-    pct = two.get("pct_gemm") if ok2 else None
-    add("two 4B heads N=16384 fwd+bwd: >= 70% of cuBLAS (6*N*V*(Hw+Hs))", _fmt(pct, ".1f") + "%" if pct else "-",
-        None if pct is None else pct >= 70)
+    two = ok(_find(rows, "fwdbwd", TARGET_H, OURS_MAIN)) or {}
+    one = ok(_find(rows, "fwdbwd", 0, OURS_MAIN)) or {}
+    score = ok(_find(rows, "score", 0, OURS_MAIN)) or {}
+    out = [_ratio_target("two 4B heads N=16384 fwd+bwd: >= 70% of cuBLAS (6*N*V*(Hw+Hs))", two.get("pct_gemm"), 70,
+                         unit="%")]
     for base in ("compile_chunked", "compile_chunked_gif"):
-        b = _find(rows, "fwdbwd", TARGET_H, base)
-        sp = two.get(f"speedup_vs_{base}") if ok2 else None
-        add(f"two heads: >= 1.1x faster than {base}", _fmt(sp, ".2f") + "x" if sp else "-", None if sp is None else sp >= 1.1)
-        mem_ok = None
-        value = "-"
-        if ok2 and b and b.get("status") == "ok" and two.get("mem_extra_bytes") is not None and b.get("mem_extra_bytes"):
+        out.append(_ratio_target(f"two heads: >= 1.1x faster than {base}", two.get(f"speedup_vs_{base}"), 1.1))
+        b = ok(_find(rows, "fwdbwd", TARGET_H, base)) or {}
+        ratio = None
+        if two.get("mem_extra_bytes") is not None and b.get("mem_extra_bytes"):
             ratio = two["mem_extra_bytes"] / b["mem_extra_bytes"]
-            mem_ok, value = ratio <= 0.25, f"{ratio:.3f} of its extra memory"
-        add(f"two heads: <= 1/4 of {base}'s extra memory", value, mem_ok)
-    sp = two.get("speedup_vs_liger") if ok2 else None
-    add("two heads: >= 3x faster than Liger on the concatenation", _fmt(sp, ".2f") + "x" if sp else "-",
-        None if sp is None else sp >= 3)
-    extra = two.get("mem_extra_bytes") if ok2 else None
-    add("two heads: extra memory <= 512 MB (beyond inputs and returned gradients)",
-        f"{extra / 1e6:.0f} MB" if extra is not None else "-", None if extra is None else extra <= EXTRA_MEMORY_LIMIT)
-    ok1 = one is not None and one.get("status") == "ok"
+        out.append(_ratio_target(f"two heads: <= 1/4 of {base}'s extra memory", ratio, 0.25, at_least=False,
+                                 unit="{:.3f} of its extra memory"))
+    out.append(_ratio_target("two heads: >= 3x faster than Liger on the concatenation", two.get("speedup_vs_liger"), 3))
+    extra = two.get("mem_extra_bytes")
+    out.append(_ratio_target("two heads: extra memory <= 512 MB (beyond inputs and returned gradients)",
+                             None if extra is None else extra / 1e6, EXTRA_MEMORY_LIMIT / 1e6, at_least=False,
+                             unit="{:.0f} MB"))
     for base in ("cce", "cce_nofilter"):
-        sp = one.get(f"speedup_vs_{base}") if ok1 else None
-        add(f"single head: >= 1.2x faster than {base}", _fmt(sp, ".2f") + "x" if sp else "-", None if sp is None else sp >= 1.2)
-    pct = score.get("pct_gemm") if score is not None and score.get("status") == "ok" else None
-    add("forward-only scoring (1 head): >= 70% of cuBLAS (2*N*V*H)", _fmt(pct, ".1f") + "%" if pct else "-",
-        None if pct is None else pct >= 70)
+        out.append(_ratio_target(f"single head: >= 1.2x faster than {base}", one.get(f"speedup_vs_{base}"), 1.2))
+    out.append(_ratio_target("forward-only scoring (1 head): >= 70% of cuBLAS (2*N*V*H)", score.get("pct_gemm"), 70,
+                             unit="%"))
     return out
 
 
@@ -194,10 +195,11 @@ def write_summary(rows, path: Path) -> None:
                      f"driver {r.get('driver_version')}, liger-kernel {r.get('liger_kernel_version')}, "
                      f"cut-cross-entropy {r.get('cut_cross_entropy_version')}, {r.get('date_utc')}")
     parts += ["", "TFLOP/s on 6*N*V*(Hs+Hw) for fwdbwd, 2*N*V*(Hs+Hw) for fwd/score; %GEMM against the cuBLAS "
-              "rate (torch.mm on a CPU) measured at [N, Hs+Hw] x [Hs+Hw, V] in the same run; extra = peak memory beyond the inputs and "
-              "the returned outputs (CUDA only); 'ours x' = how many times faster ours_triton (ours_torch in a CPU "
-              "run, where Triton runs in its interpreter) is than that row; 'ok!' = timed but failed its "
-              "correctness check (approximate baseline).", "", "## Targets", "", format_targets(rows),
+              "rate (torch.mm on a CPU) measured at [N, Hs+Hw] x [Hs+Hw, V] in the same run; extra = peak memory "
+              "beyond the inputs and the returned outputs (CUDA only); 'ours x' = how many times faster "
+              "ours_triton (ours_torch in a CPU run, where Triton runs in its interpreter) is than that row; "
+              "'ok!' = timed but failed its correctness check (approximate baseline).",
+              "", "## Targets", "", format_targets(rows),
               "", "## All measurements", "", format_table(rows, markdown=True), ""]
     atomic_write_text(path, "\n".join(parts))
 
@@ -247,7 +249,7 @@ def plot(rows, path: Path) -> None:
             if any(mem):
                 any_mem = True
                 ax_m.bar(off, [m if m > 0 else float("nan") for m in mem], width, label=impl, color=COLORS.get(impl))
-            for x, s in zip(off, shapes):
+            for x, s in zip(off, shapes, strict=True):
                 r = by.get((s, impl))
                 if r is not None and r.get("status") in ("OOM", "wrong", "error"):
                     ax_t.text(x, 0, r["status"], rotation=90, ha="center", va="bottom", fontsize=7)

@@ -71,7 +71,8 @@ def check_wheels() -> list[str]:
         by_name[re.split(r"-\d", w.name, maxsplit=1)[0].lower().replace("-", "_")].append(w.name)
     for name, files in by_name.items():
         if len(files) > 1:
-            problems.append(f".whl has {len(files)} versions of {name} ({', '.join(files)}): keep one, or the install stops")
+            problems.append(f".whl has {len(files)} versions of {name} ({', '.join(files)}): keep one, "
+                            "or the install stops")
     for name in NEEDED_WHEELS:
         if name not in by_name:
             problems.append(f".whl lacks {name}: run ../shared/gpu/fetch-wheels.sh (its baseline will be 'missing')")
@@ -97,8 +98,11 @@ def record_done(paths: list[Path], reset: bool) -> int:
     for p in paths:
         new = p.read_text()
         for i, line in enumerate(new.splitlines(), 1):
-            if line.strip():
-                json.loads(line)  # a broken file must not poison the next call
+            try:
+                if line.strip():
+                    json.loads(line)
+            except json.JSONDecodeError:  # a broken file must not poison the next call
+                raise SystemExit(f"{p}:{i}: not a JSON row; pass the results.jsonl the device tool returned") from None
         text += new if new.endswith("\n") or not new else new + "\n"
     done.parent.mkdir(exist_ok=True)
     tmp = done.with_suffix(".tmp")
@@ -120,8 +124,8 @@ def main(argv=None) -> int:
         n = record_done(args.done or [], args.reset)
         print(f".gpu/done.jsonl: {n} rows the next call skips")
     stamp = write_stamp()
-    print(f"source: {stamp['git_commit'][:12]}{' (dirty: ' + ', '.join(stamp['changed_files']) + ')' if stamp['git_dirty'] else ''}"
-          " -> .gpu/source.json")
+    dirty = f" (dirty: {', '.join(stamp['changed_files'])})" if stamp["git_dirty"] else ""
+    print(f"source: {stamp['git_commit'][:12]}{dirty} -> .gpu/source.json")
     ensure_excluded("/.whl/")
     problems = check_wheels()
     size = travelling_bytes()

@@ -60,7 +60,7 @@ def test_inputs_are_random_and_refresh_keeps_ignored_rows():
     assert 0 < int(ignored.sum()) < 64 and int(inp.labels[~ignored].max()) < 50
     before = [t.detach().clone() for t in inp.leaves()]
     refresh_inputs(inp, torch.Generator().manual_seed(1))
-    assert all(not torch.equal(a, b) for a, b in zip(before, inp.leaves()))
+    assert all(not torch.equal(a, b) for a, b in zip(before, inp.leaves(), strict=True))
     assert torch.equal(inp.labels == -100, ignored)
     assert inp.weight.std().item() == pytest.approx(8 ** -0.5, rel=0.2)
 
@@ -69,7 +69,8 @@ def test_concatenation_gives_the_mixed_logits():
     case = Case(n=6, vocab=11, hs=5, hw=3, mode="fwd", dtype="fp32", lam=0.3)
     inp = make_inputs(case, CPU, seed=2, requires_grad=False)
     h, w = concat_heads(case, inp)
-    want = 0.3 * inp.hidden.double() @ inp.weight.double().T + 0.7 * inp.weak_hidden.double() @ inp.weak_weight.double().T
+    want = (0.3 * inp.hidden.double() @ inp.weight.double().T
+            + 0.7 * inp.weak_hidden.double() @ inp.weak_weight.double().T)
     torch.testing.assert_close(h.double() @ w.double().T, want, rtol=1e-6, atol=1e-6)
 
 
