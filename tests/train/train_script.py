@@ -4,7 +4,7 @@
 
 SPEC: model_dir, weak_dir (or null), work_dir, export_dir, log_path, train (TrainConfig fields),
 data (FakeDataConfig fields), n_samples, vocab, kill_at_step (SIGKILL itself right after that step's
-checkpoint-free log row, or null), nan_at_step (NaN loss in that step, or null), summary_path (rank 0 writes the TrainSummary there).
+log row, or null), nan_at_step (NaN loss in that step, or null), summary_path (rank 0 writes the TrainSummary there).
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ def pick_attn_implementation(requested: str | None = None) -> str:
     if requested is None or requested == "auto":
         return "flash_attention_2" if flash_attn_available() else "sdpa"
     if requested not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)} or auto, got {requested!r}")
+        raise ValueError(f"attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)} or auto, "
+                         f"got {requested!r}")
     if requested == "flash_attention_2" and not flash_attn_available():
         raise ValueError("attn_implementation='flash_attention_2' needs CUDA and the flash-attn package "
                          "(pip install flash-attn); use 'sdpa' instead")

@@ -64,7 +64,8 @@ class TrainConfig:
         _check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "betas",
                f"must be two numbers in [0, 1), got {list(self.betas)}")
         _check(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
-        _check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
+        _check(self.max_grad_norm >= 0, "max_grad_norm",
+               f"must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
         _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         _check(self.schedule in ("cosine", "linear", "constant"), "schedule",
                f"must be cosine, linear or constant, got {self.schedule!r}")

@@ -73,7 +73,8 @@ def sequence_lengths(position_ids: torch.Tensor, sample_idx: torch.Tensor | None
     """Lengths of the packed sequences of a [B, T] micro-batch (a sequence starts where position_ids == 0);
     padding (sample_idx == -1) is left out."""
     starts = position_ids == 0
-    seg = torch.cumsum(starts.long(), dim=1) + torch.arange(position_ids.shape[0])[:, None] * (position_ids.shape[1] + 1)
+    row_offset = torch.arange(position_ids.shape[0])[:, None] * (position_ids.shape[1] + 1)
+    seg = torch.cumsum(starts.long(), dim=1) + row_offset
     if sample_idx is not None:
         keep = sample_idx >= 0
         seg = seg[keep]
