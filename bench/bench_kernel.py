@@ -20,7 +20,6 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `bench` (and the checkout's packages) importable
@@ -47,17 +46,16 @@ from bench.common import (  # noqa: E402
     run_id,
     time_fn,
 )
-from bench.kernel_impls import (  # noqa: E402
-    BASELINES,
+from bench.kernel_cases import (  # noqa: E402
     MODES,
-    OURS,
     Case,
-    Impl,
-    build_impls,
+    Checker,
+    LazyReference,
     gemm_flops,
     make_inputs,
     refresh_inputs,
 )
+from bench.kernel_impls import BASELINES, OURS, Impl, build_impls  # noqa: E402
 
 QWEN3_VOCAB = 151936
 QWEN3_HIDDEN = (1024, 2048, 2560, 4096)
@@ -74,13 +72,6 @@ MEMORY_COLUMNS = ("mem_inputs_bytes", "mem_outputs_bytes", "mem_extra_bytes", "m
 CHECK_COLUMNS = ("check_n", "check_ok", "check_err_loss", "check_err_grad", "check_err_entropy", "check_err_nll")
 COLUMNS = (ENV_COLUMNS + CASE_COLUMNS + IMPL_COLUMNS + TIMING_COLUMNS + SPEEDUP_COLUMNS + MEMORY_COLUMNS
            + CHECK_COLUMNS)
-
-# Norm-wise relative error allowed against the float64 reference (loss, gradients, entropy, nll).
-TOLERANCES = {
-    "fp32": {"loss": 1e-4, "grad": 1e-3, "entropy": 1e-4, "nll": 1e-4},
-    "fp16": {"loss": 2e-3, "grad": 2e-2, "entropy": 2e-3, "nll": 2e-3},
-    "bf16": {"loss": 5e-3, "grad": 2e-2, "entropy": 5e-3, "nll": 5e-3},
-}
 
 # --------------------------------------------------------------------------------------------------------
 # Which cases
@@ -180,74 +171,6 @@ def load_done(paths) -> tuple[set[tuple[str, str]], dict[tuple, float]]:
             if r.get("mode") == "gemm" and r.get("status") == "ok":
                 gemm[(r["device_name"], r["n"], r["hs"] + r["hw"], r["vocab"], r["dtype"])] = r["tflops"]
     return done, gemm
-
-
-# --------------------------------------------------------------------------------------------------------
-# Correctness guard
-
-
-def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
-    a, ref = a.detach().double(), ref.detach().double()
-    return float((a - ref).norm() / ref.norm().clamp(min=1e-30))
-
-
-class Checker:
-    """Checks each implementation once per (shape without N, mode) against the float64 reference of
-    wdl_kernels.reference at N = check_n, with at least 10% ignored rows."""
-
-    def __init__(self, device: torch.device, check_n: int, seed: int):
-        self.device, self.check_n, self.seed = device, check_n, seed
-        self.cache: dict[tuple, dict] = {}
-
-    def key(self, impl: Impl, case: Case) -> tuple:
-        return (impl.name, case.mode, case.vocab, case.hs, case.hw, case.dtype, case.lam, case.ignore_frac)
-
-    def _reference(self, case: Case):
-        from wdl_kernels.reference import reference_loss_and_stats
-
-        small = replace(case, n=min(self.check_n, case.n), ignore_frac=max(case.ignore_frac, 0.1))
-        inp = make_inputs(small, self.device, self.seed + 7, requires_grad=small.mode == "fwdbwd")
-        leaves64 = [t.detach().double().requires_grad_() for t in inp.leaves()]
-        hs, ws, *weak = leaves64
-        hw, ww = weak if weak else (None, None)
-        loss, stats = reference_loss_and_stats(hs, ws, inp.labels, hw, ww, lam=small.lam, ignore_index=-100)
-        ref = {"loss": loss.detach(), "entropy": stats.entropy, "nll": stats.nll}
-        if small.mode == "fwdbwd":
-            ref["grads"] = torch.autograd.grad(loss, leaves64)
-        return small, inp, ref
-
-    def check(self, impl: Impl, case: Case, reference) -> dict:
-        key = self.key(impl, case)
-        if key in self.cache:
-            return self.cache[key]
-        small, inp, ref = reference()
-        tol = TOLERANCES[case.dtype]
-        out = impl.step(small, inp)()
-        errs = {}
-        if out.loss is not None:
-            errs["loss"] = _rel(out.loss, ref["loss"])
-        if out.grads is not None:
-            errs["grad"] = max(_rel(g, r) for g, r in zip(out.grads, ref["grads"], strict=True))
-        if out.entropy is not None:
-            errs["entropy"] = _rel(out.entropy, ref["entropy"])
-            errs["nll"] = _rel(out.nll, ref["nll"])
-        finite = all(v == v and v != float("inf") for v in errs.values())
-        res = {"check_n": small.n, "check_ok": bool(errs) and finite and all(errs[k] <= tol[k] for k in errs),
-               **{f"check_err_{k}": errs.get(k) for k in ("loss", "grad", "entropy", "nll")}}
-        self.cache[key] = res
-        return res
-
-
-class LazyReference:
-    """Computes the reference for a case on first use; dropped before timing so it holds no memory there."""
-
-    def __init__(self, checker: Checker, case: Case):
-        self.checker, self.case, self.value = checker, case, None
-
-    def __call__(self):
-        if self.value is None:
-            self.value = self.checker._reference(self.case)
-        return self.value
 
 
 # --------------------------------------------------------------------------------------------------------

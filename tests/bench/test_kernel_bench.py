@@ -1,5 +1,5 @@
-"""bench/bench_kernel.py + bench/kernel_impls.py: FLOP counts, cases, baseline adapters, the correctness guard,
-and a CPU-mode run end to end (in process, tiny shapes)."""
+"""bench_kernel.py, kernel_cases.py, kernel_impls.py: FLOP counts, cases, baseline adapters, the correctness
+guard, and a CPU-mode run end to end (in process, tiny shapes)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,15 @@ import torch
 
 from bench import bench_kernel as bk
 from bench.common import read_jsonl
+from bench.kernel_cases import Case, gemm_flops, kernel_flops, make_inputs, refresh_inputs
 from bench.kernel_impls import (
     BASELINES,
-    Case,
     CompileChunked,
     CompileChunkedGradInForward,
     Eager,
     Impl,
     Ours,
     concat_heads,
-    gemm_flops,
-    kernel_flops,
-    make_inputs,
-    refresh_inputs,
 )
 
 CPU = torch.device("cpu")
