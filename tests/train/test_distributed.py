@@ -87,7 +87,8 @@ def test_fsdp2_two_processes_match_one(tmp_path, model_pair, single_run):
 @pytest.mark.distributed
 def test_deepspeed_zero3_two_processes_match_one(tmp_path, model_pair, single_run):
     pytest.importorskip("deepspeed")
-    run = _run(tmp_path, "zero3", model_pair, nproc=2, train={"backend": "deepspeed", "zero_stage": 3})
+    run = _run(tmp_path, "zero3", model_pair, nproc=2,
+               train={"backend": "deepspeed", "zero_stage": 3, "activation_checkpointing": True})
     _assert_same_run(single_run, run)
     # the ZeRO-3 checkpoint consolidates offline to the same strong model
     from wdl.train import extract_submodel

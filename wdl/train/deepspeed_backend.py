@@ -14,6 +14,8 @@ finite (the same decision on all ranks); we read `was_step_applied()`.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -42,6 +44,26 @@ def import_deepspeed():
         raise ValueError(f"DeepSpeed {deepspeed.__version__} is too old for train.backend=deepspeed (no "
                          "managed_gradient_accumulation): pip install 'deepspeed>=0.19.8'")
     return deepspeed
+
+
+@contextlib.contextmanager
+def zero3_loading(cfg: TrainConfig, compute_dtype: torch.dtype, dist_info: DistInfo):
+    """Models loaded inside are built under `deepspeed.zero.Init` (transformers' ZeRO-3 integration): each rank
+    materialises only its partitions while the checkpoint streams in, so no rank holds a full model."""
+    deepspeed = import_deepspeed()
+    deepspeed.init_distributed(dist_backend="nccl" if dist_info.device.type == "cuda" else "gloo",
+                               auto_mpi_discovery=False)
+    if importlib.util.find_spec("accelerate") is None:  # transformers' ZeRO-3 loading path needs it
+        raise ValueError("train.backend=deepspeed with zero_stage=3 loads models through transformers' ZeRO-3 "
+                         "integration, which needs accelerate: pip install 'accelerate>=1.1'")
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    keep_alive = HfDeepSpeedConfig(deepspeed_config(cfg, compute_dtype))  # transformers holds only a weakref
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()  # later from_config calls (export skeletons) must not partition
+        del keep_alive
 
 
 def deepspeed_config(cfg: TrainConfig, compute_dtype: torch.dtype) -> dict:

@@ -13,6 +13,7 @@ the global gradient norm): all ranks take the same decision.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -119,16 +120,28 @@ class Trainer:
         skeleton = train.backend == "fsdp2" and not self.dist.is_main
         opts = dict(attn_implementation=train.attn_implementation, use_liger=train.use_liger,
                     activation_checkpointing=train.activation_checkpointing)
+        # DeepSpeed: its bf16 mode keeps bf16 module weights (the fp32 master lives in the ZeRO optimizer), so load
+        # in the compute dtype; under ZeRO-3 load partitioned (zero.Init): no rank holds a full model.
+        loading = contextlib.nullcontext()
         if skeleton:
             def load(path):
                 return causal_lm_skeleton(path, device=self.dist.device, **opts)
+        elif train.backend == "deepspeed":
+            if train.zero_stage == 3:
+                from .deepspeed_backend import zero3_loading
+
+                loading = zero3_loading(train, self.compute_dtype, self.dist)
+
+            def load(path):
+                return load_causal_lm(path, dtype=self.compute_dtype, device=None, **opts)
         else:
             load_device = self.dist.device if train.backend == "single" else "cpu"
 
             def load(path):
                 return load_causal_lm(path, dtype=torch.float32, device=load_device, **opts)
-        strong = load(self.strong_path)
-        weak = load(self.weak_path) if self.weak_path is not None else None
+        with loading:
+            strong = load(self.strong_path)
+            weak = load(self.weak_path) if self.weak_path is not None else None
         self.flops = [FlopCounter(strong.config, trainable=True)]
         if weak is not None:
             self.flops.append(FlopCounter(weak.config, trainable=not train.freeze_weak))
