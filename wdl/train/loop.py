@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,6 +112,7 @@ class Trainer:
         self.tokenizer_path = str(tokenizer_path) if tokenizer_path is not None else self.strong_path
         self.dist = init_distributed(require_group=train.backend != "single")
         if train.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(train.seed)
         self.compute_dtype = compute_dtype_for(train, self.dist.device)

@@ -106,6 +106,7 @@ class MetricsSink:
         self.enabled = enabled
         self.name = name
         self.log_every = log_every
+        self.total_steps = total_steps
         self._file = None
         self._tb = None
         self._bar = None
@@ -135,8 +136,13 @@ class MetricsSink:
         if self._bar is not None:
             self._bar.update(1)
             if step % self.log_every == 0:
-                shown = {k: row[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s") if row.get(k) is not None}
-                self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+                shown = {k: row[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")
+                         if row.get(k) is not None}
+                if self._bar.disable:  # not a terminal (cluster logs, CI): one plain line instead of a bar
+                    text = " ".join(f"{k} {v:.4g}" for k, v in shown.items())
+                    print(f"{self.name} step {step}/{self.total_steps} {text}", flush=True)
+                else:
+                    self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
     def message(self, text: str) -> None:
         if self.enabled:
