@@ -276,3 +276,11 @@ def test_cpu_mode_end_to_end(tmp_path, capsys, restore_threads):
     assert by[("score 1x16 N=32 V=500 fp32", "liger")]["status"] in ("missing", "unsupported")
     gemm = [r for r in rows if r["mode"] == "gemm"]
     assert {(r["n"], r["hs"] + r["hw"]) for r in gemm} == {(32, 32), (32, 16)}
+
+
+def test_a_spent_time_budget_records_skipped_cases(tmp_path, restore_threads):
+    out = tmp_path / "b"
+    assert bk.main(["--cpu", "--preset", "target", "--out", str(out), "--time-budget", "0", "--no-table"]) == 0
+    rows = read_jsonl(out / "results.jsonl")
+    assert len(rows) == len(bk.preset_plan("target", bk.parse_args(["--cpu"])))
+    assert all(r["status"] == "skipped" and r["impl"] == "all" and r["ms_median"] is None for r in rows)
