@@ -74,7 +74,9 @@ def source_state(repo: Path = REPO_ROOT) -> dict:
     stamp = Path(os.environ.get("WDL_SOURCE_STAMP", SOURCE_STAMP))
     if stamp.is_file():
         data = json.loads(stamp.read_text())
-        return {"git_commit": data.get("git_commit"), "git_dirty": data.get("git_dirty"), "source": "stamp"}
+        # The stamp's date shows in every row, so a stale one (prepare not re-run) can be spotted.
+        return {"git_commit": data.get("git_commit"), "git_dirty": data.get("git_dirty"),
+                "source": f"stamp {data.get('prepared_utc', 'undated')}"}
     return {"git_commit": None, "git_dirty": None, "source": "unknown"}
 
 

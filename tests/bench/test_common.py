@@ -42,10 +42,11 @@ def test_source_state_falls_back_to_the_stamp(tmp_path, monkeypatch):
     import bench.common as common
 
     stamp = tmp_path / "source.json"
-    stamp.write_text(json.dumps({"git_commit": "a" * 40, "git_dirty": True}))
+    stamp.write_text(json.dumps({"git_commit": "a" * 40, "git_dirty": True, "prepared_utc": "2026-01-02T03:04:05Z"}))
     monkeypatch.setenv("WDL_SOURCE_STAMP", str(stamp))
     monkeypatch.setattr(common, "_run", lambda cmd, cwd=None: None)  # as on the GPU machine: no git
-    assert common.source_state() == {"git_commit": "a" * 40, "git_dirty": True, "source": "stamp"}
+    assert common.source_state() == {"git_commit": "a" * 40, "git_dirty": True,
+                                     "source": "stamp 2026-01-02T03:04:05Z"}
     stamp.unlink()
     assert common.source_state()["source"] == "unknown"
 
