@@ -16,7 +16,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from wdl.io import atomic_directory
 
 IM_END = "<|im_end|>"
-COMPLETE_FILES = ("config.json",)
 
 
 def is_complete_hf_checkpoint(path: str | Path) -> bool:
