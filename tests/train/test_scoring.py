@@ -70,3 +70,37 @@ def test_score_dataset_end_to_end(tmp_path, model_pair, tiny_tokenizer):
     lines = [json.loads(x) for x in (tmp_path / "scores.jsonl").read_text().splitlines()]
     assert [r["idx"] for r in lines] == list(range(6))
     assert all(r["n_tokens"] > 0 and r["entropy"] > 0 for r in lines)
+
+
+@pytest.mark.distributed
+def test_two_ranks_score_each_sample_once_and_rank0_writes_the_merge(tmp_path, model_pair):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    vocab = json.loads((Path(model_pair[0]) / "config.json").read_text())["vocab_size"]
+    script = Path(__file__).with_name("score_script.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    outs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"scores{nproc}.jsonl"
+        launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                        f"--nproc-per-node={nproc}", f"--master-port={port}"]
+        res = subprocess.run([*launcher, str(script), str(model_pair[0]), str(out), "10", str(vocab)], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        outs[nproc] = [json.loads(x) for x in out.read_text().splitlines()]
+    one, two = outs[1], outs[2]
+    assert [r["idx"] for r in one] == [r["idx"] for r in two] == sorted(r["idx"] for r in one)
+    assert len(one) == 10
+    for a, b in zip(one, two):
+        assert a["n_tokens"] == b["n_tokens"] > 0
+        for k in ("entropy", "nll", "margin"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-5)

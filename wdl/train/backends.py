@@ -176,7 +176,8 @@ class FSDP2Backend(TorchBackend):
         full_sd = {k: v.detach() for k, v in joint.state_dict().items()} if self.dist.is_main else {}  # no copy
         mesh = init_device_mesh(self.device.type, (self.dist.world_size,))
         mp = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
-        offload = CPUOffloadPolicy() if self.cfg.fsdp_cpu_offload else OffloadPolicy()
+        pinned = self.device.type == "cuda"  # pinned host memory needs an accelerator
+        offload = CPUOffloadPolicy(pin_memory=pinned) if self.cfg.fsdp_cpu_offload else OffloadPolicy()
         kwargs = {"mesh": mesh, "mp_policy": mp, "offload_policy": offload}
         for sub in joint.sub_models().values():
             for block in sub.get_decoder().layers:
