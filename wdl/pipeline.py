@@ -182,6 +182,8 @@ class Pipeline:
                 raise PipelineError(f"phase {target!r} is not part of this run's config (see `wdl run --help`)")
             phases = phases[: phases.index(target) + 1]
         init_distributed(self.ranks)
+        if "eval" in phases:
+            self.check_eval_sets()
         self.prepare_run_dir()
         report = None
         for phase in phases:
@@ -412,6 +414,20 @@ class Pipeline:
             ev = dataclasses.replace(ev, benchmarks=[spec, *[b for b in ev.benchmarks if b.name != "synthetic"]])
         return ev
 
+    def check_eval_sets(self) -> None:
+        """Read every benchmark before any training: a missing or malformed set fails now, not after hours."""
+        from wdl.eval import load_benchmark
+
+        ev = self.cfg.eval
+        if not ev.benchmarks and not (self.cfg.synthetic.enabled and self.cfg.synthetic.n_eval > 0):
+            raise PipelineError("eval.benchmarks: no benchmarks to evaluate on; list them (see docs/config.md) or "
+                                "set run.eval=false")
+        for spec in ev.benchmarks:
+            try:
+                load_benchmark(spec, ev)
+            except (OSError, ValueError) as e:
+                raise PipelineError(f"eval.benchmarks: {spec.name}: {e} (or set run.eval=false)") from None
+
     def eval_models(self) -> dict[str, str]:
         models = {}
         if self.cfg.run.eval_base:
@@ -443,6 +459,7 @@ class Pipeline:
                 from wdl.eval import evaluate_model
 
                 results = evaluate_model(path, ev, out_dir)
+            results = {b: {**r, "accuracy": float(r["accuracy"]), "n": int(r["n"])} for b, r in results.items()}
             atomic_write_json(out_dir / "results.json", results)
             self._mark_done(f"eval.{name}", time.perf_counter() - t0, model=path, eval_config=fingerprint,
                             results=results)

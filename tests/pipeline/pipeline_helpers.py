@@ -1,0 +1,43 @@
+"""Helpers of the pipeline tests: a shortened tiny pipeline (the embedded default's phases, fewer samples and
+steps, a smaller model) run as `python -m wdl run` subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Every phase of the embedded default, sized for CI: one small layer, a few dozen samples, a few steps each.
+SHORT = [
+    "synthetic.n_train=40",
+    "synthetic.n_eval=8",
+    "synthetic.n_pretrain=40",
+    "model.tiny.vocab_size=384",
+    "model.tiny.hidden_size=64",
+    "model.tiny.intermediate_size=128",
+    "model.tiny.num_hidden_layers=1",
+    "model.tiny.num_attention_heads=1",
+    "data.global_batch_size=8",
+    "data.tokens_per_micro_batch=512",
+    "train.checkpoint_every=2",
+    "train.keep_last=1",
+    "pretrain.epochs=1",
+    "sft.epochs=1",
+    "joint.epochs=2",
+    "run.sft_continued=true",
+    "eval.backend=transformers",
+    "eval.max_new_tokens=24",
+]
+
+
+def wdl_command(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "wdl", "run", "--out", str(out), *SHORT, *extra]
+
+
+def run_wdl(out: Path, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(wdl_command(out, *extra), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
