@@ -3,7 +3,8 @@
 against the reference path (both models' full logits, stacked, mixed, fp32-upcast loss) in the SAME loop, and
 the longest sequence each path fits.
 
-    python bench/bench_e2e.py --models 1.7b --seq 2048,4096,8192 --out runs/bench-e2e        # one GPU
+    python bench/bench_e2e.py --models 1.7b --seq 2048,4096,8192 --ac 0,1 --micro-batch 1,2 --max-seq \
+        --out runs/bench-e2e                                                                  # one GPU
     python bench/bench_e2e.py --cpu --out /tmp/e2e                                           # tiny shapes, seconds
 
 Models are random-weight Qwen3s built in code from the published shapes (no download). A case is
@@ -12,7 +13,9 @@ setting), `joint_frozen` (weak frozen). Each case builds its models and optimize
 --warmup + --steps optimizer steps (one micro-batch of --micro-batch sequences of the given length; every
 label supervised) at each sequence length, and with --max-seq searches the longest length that fits (doubling,
 then bisection to --seq-granularity). Rows go to OUT/e2e.csv and OUT/e2e.jsonl with the commit, device and
-versions (bench/common.py); OUT/e2e.png plots them. An out-of-memory case is recorded as such, never estimated.
+versions (bench/common.py); OUT/e2e.png plots them and OUT/e2e_summary_<run>.md compares each path at its
+best setting (micro-batch, activation checkpointing). An out-of-memory case is recorded as such, never
+estimated.
 """
 
 from __future__ import annotations
@@ -104,9 +107,8 @@ class Case:
         self.peak = peak_bf16_flops(device)
         self.dtype_name = "bf16" if dtype == torch.bfloat16 else "fp32"
 
-    def batch(self, seq_len: int) -> dict:
+    def batch(self, seq_len: int, b: int) -> dict:
         g = torch.Generator().manual_seed(self.args.seed + seq_len)
-        b = self.args.micro_batch
         ids = torch.randint(0, self.args.vocab, (b, seq_len), generator=g)
         labels = torch.randint(0, self.args.vocab, (b, seq_len), generator=g)
         labels[:, -1] = -100
@@ -119,9 +121,9 @@ class Case:
         self.backend.optimizer_step(self.cfg.lr, math.isfinite(float(out.loss)))
         return float(out.loss) / n
 
-    def run(self, seq_len: int, warmup: int, steps: int) -> dict:
+    def run(self, seq_len: int, warmup: int, steps: int, micro_batch: int = 1) -> dict:
         """Time `steps` optimizer steps after `warmup`; an OOM is returned as status 'oom'."""
-        batch = self.batch(seq_len)
+        batch = self.batch(seq_len, micro_batch)
         times, first_loss = [], None
         try:
             if self.device.type == "cuda":
@@ -141,9 +143,9 @@ class Case:
             if is_oom(e):
                 return {"status": "oom", "error": str(e).splitlines()[0][:200]}
             raise
-        tokens = self.args.micro_batch * seq_len
+        tokens = micro_batch * seq_len
         med = statistics.median(times)
-        flops = sum(f.step_flops(tokens, self.args.micro_batch * seq_len**2) for f in self.flops)
+        flops = sum(f.step_flops(tokens, micro_batch * seq_len**2) for f in self.flops)
         row = {
             "status": "ok", "steps": steps, "step_ms_median": 1e3 * med,
             "step_ms_p20": 1e3 * _quantile(times, 0.2), "step_ms_p80": 1e3 * _quantile(times, 0.8),
@@ -212,7 +214,8 @@ def parse_args(argv=None):
     ap.add_argument("--paths", type=_csv(str), default=list(PATHS), help="fused,reference")
     ap.add_argument("--ac", type=_csv(int), default=[1], help="activation checkpointing settings to run, e.g. 0,1")
     ap.add_argument("--seq", type=_csv(int), help="sequence lengths (default 2048,4096,8192; 32,64 with --cpu)")
-    ap.add_argument("--micro-batch", type=int, default=1)
+    ap.add_argument("--micro-batch", type=_csv(int), default=[1],
+                    help="sequences per micro-batch, e.g. 1,2,4 (each is a setting of the best-setting comparison)")
     ap.add_argument("--vocab", type=int, help=f"vocabulary (default {QWEN3_VOCAB}; 512 with --cpu)")
     ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
     ap.add_argument("--attn", default="auto", help="attention implementation (auto: flash_attention_2 if installed)")
@@ -271,7 +274,7 @@ def main(argv=None) -> int:
                             "mode": mode, "path": path, "activation_checkpointing": bool(ac),
                             "backend": args.backend, "zero_stage": args.zero_stage if args.backend == "deepspeed"
                             else None, "offload_optimizer": args.offload_optimizer, "vocab": args.vocab,
-                            "micro_batch": args.micro_batch}
+                            }
                     try:
                         case = Case(args, model, mode, path, bool(ac), device)
                     except Exception as e:  # noqa: BLE001
@@ -286,15 +289,17 @@ def main(argv=None) -> int:
                     base.update(dtype=case.dtype_name, trainable_params=case.trainable_params,
                                 total_params=case.total_params)
                     for seq in args.seq:
-                        r = {**base, "kind": "throughput", "seq_len": seq, "tokens_per_step": seq * args.micro_batch,
-                             **case.run(seq, args.warmup, args.steps)}
-                        writer.append([r])
-                        rows.append(r)
-                        _print(r)
+                        for mb in args.micro_batch:
+                            r = {**base, "kind": "throughput", "seq_len": seq, "micro_batch": mb,
+                                 "tokens_per_step": seq * mb, **case.run(seq, args.warmup, args.steps, mb)}
+                            writer.append([r])
+                            rows.append(r)
+                            _print(r)
                     if args.max_seq:
                         best, probes = longest_fitting(case, args.max_seq_start, args.seq_granularity,
                                                        args.max_seq_limit)
-                        r = {**base, "kind": "max_seq", "seq_len": best, "status": "ok" if best else "oom",
+                        r = {**base, "kind": "max_seq", "seq_len": best, "micro_batch": 1,
+                             "status": "ok" if best else "oom",
                              "error": "probes " + " ".join(f"{n}:{s}" for n, s in probes)}
                         writer.append([r])
                         rows.append(r)
@@ -302,18 +307,59 @@ def main(argv=None) -> int:
                     case.close()
     if not args.no_plot:
         plot(rows, Path(args.out) / "e2e.png")
+    summary = summarize(rows)
+    if summary:
+        from wdl.io import atomic_write_text
+
+        atomic_write_text(Path(args.out) / f"e2e_summary_{rid}.md", summary)
+        print(summary)
     return 0
+
+
+def summarize(rows: list[dict]) -> str:
+    """Markdown: per (model, mode, sequence length) each path's best setting (micro-batch, AC) and the ratios the
+    issue's targets are stated in; per (model, mode) the longest fitting sequence of each path."""
+    ok = [r for r in rows if r["kind"] == "throughput" and r["status"] == "ok"]
+    lines = []
+    keys = sorted({(r["model"], r["mode"], r["seq_len"]) for r in ok}, key=lambda k: (k[0], k[1], k[2]))
+    if keys:
+        lines += ["| model | mode | seq | fused tok/s (mb, AC) | reference tok/s (mb, AC) | speed-up | fused MFU |",
+                  "|---|---|---|---|---|---|---|"]
+    for model, mode, seq in keys:
+        best = {}
+        for path in PATHS:
+            cands = [r for r in ok if (r["model"], r["mode"], r["seq_len"], r["path"]) == (model, mode, seq, path)]
+            best[path] = max(cands, key=lambda r: r["tokens_per_s"]) if cands else None
+
+        def cell(r):
+            if r is None:
+                return "OOM / not run"
+            return f"{r['tokens_per_s']:.0f} ({r['micro_batch']}, {'on' if r['activation_checkpointing'] else 'off'})"
+
+        f, ref = best["fused"], best["reference"]
+        ratio = f"{f['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if f and ref else "-"
+        mfu = f"{100 * f['mfu']:.1f}%" if f and f.get("mfu") is not None else "-"
+        lines.append(f"| {model} | {mode} | {seq} | {cell(f)} | {cell(ref)} | {ratio} | {mfu} |")
+    maxes = [r for r in rows if r["kind"] == "max_seq"]
+    if maxes:
+        lines += ["", "| model | mode | fused longest seq | reference longest seq | ratio |", "|---|---|---|---|---|"]
+        for model, mode in sorted({(r["model"], r["mode"]) for r in maxes}):
+            best = {p: max((r["seq_len"] or 0 for r in maxes if (r["model"], r["mode"], r["path"]) == (model, mode, p)),
+                           default=0) for p in PATHS}
+            ratio = f"{best['fused'] / best['reference']:.2f}x" if best["fused"] and best["reference"] else "-"
+            lines.append(f"| {model} | {mode} | {best['fused'] or 'OOM'} | {best['reference'] or 'OOM'} | {ratio} |")
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _print(r: dict) -> None:
     if r["status"] != "ok":
         print(f"{r['model']} {r['mode']:<12} {r['path']:<9} ac={int(r['activation_checkpointing'])} "
-              f"T={r['seq_len']:<6} {r['status']}")
+              f"mb={r['micro_batch']} T={r['seq_len']:<6} {r['status']}")
         return
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
     mem = f"{r['peak_mem_gib']:.1f} GiB" if r.get("peak_mem_gib") is not None else "-"
-    print(f"{r['model']} {r['mode']:<12} {r['path']:<9} ac={int(r['activation_checkpointing'])} T={r['seq_len']:<6} "
-          f"{r['tokens_per_s']:10.1f} tok/s  MFU {mfu:>6}  peak {mem}  loss {r['first_loss']:.4f}")
+    print(f"{r['model']} {r['mode']:<12} {r['path']:<9} ac={int(r['activation_checkpointing'])} mb={r['micro_batch']} "
+          f"T={r['seq_len']:<6} {r['tokens_per_s']:10.1f} tok/s  MFU {mfu:>6}  peak {mem}  loss {r['first_loss']:.4f}")
 
 
 def plot(rows: list[dict], out: Path) -> Path | None:

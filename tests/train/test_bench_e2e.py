@@ -37,6 +37,8 @@ def test_cpu_mode_records_both_paths_with_equal_losses(bench, tmp_path):
         fused, ref = (next(r for r in rows if r["mode"] == mode and r["path"] == p) for p in ("fused", "reference"))
         assert fused["first_loss"] == pytest.approx(ref["first_loss"], rel=1e-5)
     assert (tmp_path / "e2e.png").stat().st_size > 0
+    summary = next(tmp_path.glob("e2e_summary_*.md")).read_text()
+    assert "| tiny | sft | 32 |" in summary and "| tiny | joint_frozen | 32 |" in summary
 
 
 def test_qwen3_shapes_give_the_published_parameter_counts(bench):
