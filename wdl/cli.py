@@ -150,9 +150,12 @@ def _dispatch(args) -> int:
                               brownboost=cfg.sampling.scheme == "brownboost"))
         return 0
 
+    cfg = _load(args)  # config errors first, before anything heavy is imported
+    from transformers.utils import logging as hf_logging
+
     from wdl.pipeline import Pipeline
 
-    cfg = _load(args)
+    hf_logging.disable_progress_bar()  # per-file load/save bars would drown the phase output
     pipe = Pipeline(cfg, cfg.run.out)
     if args.command == "run":
         pipe.run()

@@ -121,7 +121,7 @@ class Pipeline:
         self.cfg = cfg
         self.out = Path(out).resolve()
         self.ranks = ranks or ranks_from_env()
-        self.console = console or Console(stderr=False, quiet=not self.ranks.is_main)
+        self.console = console or Console(soft_wrap=True, quiet=not self.ranks.is_main)
         d = self.out
         self.paths = {
             "config": d / "config.yaml",
