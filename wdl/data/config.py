@@ -1,0 +1,58 @@
+"""DataConfig: where the training records come from, how they are tokenized, and how steps are batched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FORMATS = ("auto", "messages", "instruction", "qa", "prompt_completion", "text")
+LOSS_ON = ("completion", "all")
+OVERLONG = ("truncate", "drop")
+ON_BAD_RECORD = ("error", "skip")
+
+
+@dataclass
+class DataConfig:
+    # Local .jsonl / .json files, or Hugging Face dataset names ("name" or "name:config", read with `split`).
+    sources: list[str] = field(default_factory=list)
+    split: str = "train"
+    format: str = "auto"  # auto-detected per record unless fixed here
+    field_map: dict[str, str] = field(default_factory=dict)  # our field name -> the source's field name
+    system_prompt: str | None = None  # prepended as a system turn when a conversation has none
+    enable_thinking: bool = True  # passed to the chat template
+    loss_on: str = "completion"  # "completion": assistant tokens only; "all": every token (plain-text pretraining)
+    max_length: int = 4096
+    overlong: str = "truncate"
+    on_bad_record: str = "error"  # "skip": count and report malformed records instead of failing
+    tokens_per_micro_batch: int = 8192  # packing budget of one micro-batch (>= max_length)
+    global_batch_size: int = 512  # samples per optimizer step, over all ranks
+    shuffle: bool = True
+    seed: int = 42
+    drop_last: bool = False  # drop a last partial step of each epoch
+    pad_to_multiple: int = 64  # micro-batch lengths are rounded up to this (kernel-friendly shapes)
+    cache_dir: str | None = None  # datasets' cache for parsed records and tokenization (None: datasets' default)
+    num_proc: int | None = None  # processes for tokenization
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sources, str):
+            self.sources = [self.sources]
+        if not all(isinstance(s, str) and s for s in self.sources):
+            raise ValueError(f"data.sources: a list of file paths or dataset names, got {self.sources!r}")
+        for name, value, allowed in (("format", self.format, FORMATS), ("loss_on", self.loss_on, LOSS_ON),
+                                     ("overlong", self.overlong, OVERLONG),
+                                     ("on_bad_record", self.on_bad_record, ON_BAD_RECORD)):
+            if value not in allowed:
+                raise ValueError(f"data.{name}: must be one of {allowed}, got {value!r}")
+        for name in ("max_length", "tokens_per_micro_batch", "global_batch_size", "pad_to_multiple"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"data.{name}: must be a positive integer, got {value!r}")
+        if self.max_length < 2:
+            raise ValueError(f"data.max_length: must be at least 2 (one input and one target), got {self.max_length}")
+        if self.tokens_per_micro_batch < self.max_length:
+            raise ValueError(f"data.tokens_per_micro_batch ({self.tokens_per_micro_batch}) must be >= data.max_length "
+                             f"({self.max_length}): a micro-batch must hold the longest sample")
+        if not isinstance(self.field_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                           for k, v in self.field_map.items()):
+            raise ValueError(f"data.field_map: a mapping of field names to field names, got {self.field_map!r}")
+        if self.num_proc is not None and (not isinstance(self.num_proc, int) or self.num_proc < 1):
+            raise ValueError(f"data.num_proc: a positive integer or null, got {self.num_proc!r}")
