@@ -156,6 +156,10 @@ def _dispatch(args) -> int:
     from wdl.pipeline import Pipeline
 
     hf_logging.disable_progress_bar()  # per-file load/save bars would drown the phase output
+    if not sys.stdout.isatty():  # in a log file a progress bar is one endless line
+        import datasets
+
+        datasets.disable_progress_bars()
     pipe = Pipeline(cfg, cfg.run.out)
     if args.command == "run":
         pipe.run()

@@ -200,10 +200,10 @@ class Pipeline:
                 continue
             self.console.rule(f"phase {phase}")
             t0 = time.perf_counter()
-            getattr(self, f"phase_{phase}")()
+            extra = getattr(self, f"phase_{phase}")() or {}
             barrier()
             if phase != "eval":  # eval keeps one marker per model
-                self._mark_done(phase, time.perf_counter() - t0)
+                self._mark_done(phase, time.perf_counter() - t0, **extra)
             barrier()
         return report
 
@@ -277,10 +277,11 @@ class Pipeline:
         position = {int(i): p for p, i in enumerate(ds["idx"])}
         return ds.select([position[int(i)] for i in sel["ids"]])
 
-    def _train(self, name: str, strong: str, dataset, train_cfg, export_dir: Path, weak: str | None = None):
+    def _train(self, name: str, strong: str, dataset, train_cfg, export_dir: Path, weak: str | None = None) -> dict:
+        """Run (or resume) one training phase; returns what its marker records."""
         from wdl.train import train_phase
 
-        return train_phase(
+        summary = train_phase(
             name,
             strong_model=strong,
             dataset=dataset,
@@ -292,6 +293,9 @@ class Pipeline:
             weak_model=weak,
             tokenizer_path=self.tokenizer_source,
         )
+        # train_seconds sums the training time of every attempt (a resumed phase's wall time does not)
+        return {"steps": summary.steps, "train_seconds": round(summary.wall_s, 3),
+                "resumed_from": summary.resumed_from, "final_loss": summary.final_loss}
 
     def _require(self, path: Path, producer: str) -> None:
         if not path.exists():
@@ -314,14 +318,14 @@ class Pipeline:
             f"{len(splits.pretrain)} pretrain -> {d}"
         )
 
-    def phase_pretrain(self) -> None:
+    def phase_pretrain(self) -> dict:
         from wdl.models import is_complete_hf_checkpoint
 
         init = self.paths["init"]
         if self.ranks.is_main and not is_complete_hf_checkpoint(init):
             self._build_tiny_init(init)
         barrier()
-        self._train("pretrain", str(init), self.dataset("pretrain"), self.cfg.pretrain, self.paths["base"])
+        return self._train("pretrain", str(init), self.dataset("pretrain"), self.cfg.pretrain, self.paths["base"])
 
     def _build_tiny_init(self, init: Path) -> None:
         import torch
@@ -377,8 +381,8 @@ class Pipeline:
     def phase_score_base(self) -> None:
         self.score_model(self.base_model, "base")
 
-    def phase_sft(self) -> None:
-        self._train("sft", self.base_model, self.dataset("train"), self.cfg.sft, self.paths["sft"])
+    def phase_sft(self) -> dict:
+        return self._train("sft", self.base_model, self.dataset("train"), self.cfg.sft, self.paths["sft"])
 
     def phase_score_sft(self) -> None:
         self._require(self.paths["sft"], "sft")
@@ -393,20 +397,22 @@ class Pipeline:
                                       brownboost=self.cfg.sampling.scheme == "brownboost")
             self.console.print(summary)
 
-    def phase_joint(self) -> None:
+    def phase_joint(self) -> dict:
         self._require(self.paths["sampling"] / "resampled.json", "weights")
-        self._train("joint", str(self.paths["sft"]), self.resampled_dataset(), self.cfg.joint, self.paths["wmss"],
-                    weak=self.base_model)
+        return self._train("joint", str(self.paths["sft"]), self.resampled_dataset(), self.cfg.joint,
+                           self.paths["wmss"], weak=self.base_model)
 
-    def phase_sft_continued(self) -> None:
+    def phase_sft_continued(self) -> dict:
         # The fair baseline: the same start (M1), data, schedule and number of steps as joint, without mixing.
         self._require(self.paths["sampling"] / "resampled.json", "weights")
-        self._train("sft_continued", str(self.paths["sft"]), self.resampled_dataset(), self.cfg.joint,
-                    self.paths["sft_continued"])
+        return self._train("sft_continued", str(self.paths["sft"]), self.resampled_dataset(), self.cfg.joint,
+                           self.paths["sft_continued"])
 
     # --------------------------------------------------------------------------------------------- eval
     def eval_config(self):
         ev = self.cfg.eval
+        if ev.progress and not sys.stdout.isatty():  # progress bars in a log file are one endless line
+            ev = dataclasses.replace(ev, progress=False)
         if self.cfg.synthetic.enabled and self.cfg.synthetic.n_eval > 0:
             from wdl.eval import BenchmarkSpec
 
@@ -442,7 +448,7 @@ class Pipeline:
         if not self.ranks.is_main:
             return
         ev = self.eval_config()
-        fingerprint = to_dict(ev)
+        fingerprint = {k: v for k, v in to_dict(ev).items() if k != "progress"}  # what changes results
         for name, path in self.eval_models().items():
             marker = self.marker(f"eval.{name}")
             if marker.is_file():
@@ -488,7 +494,7 @@ class Pipeline:
         timings, phases = {}, {}
         for p in sorted(self.paths["markers"].glob("*.json")):
             m = json.loads(p.read_text(encoding="utf-8"))
-            phases[m["phase"]] = {k: m[k] for k in ("seconds", "finished_at") if k in m}
+            phases[m["phase"]] = {k: v for k, v in m.items() if k not in ("phase", "results", "eval_config")}
         for name in [*PHASES, *(f"eval.{m}" for m in EVAL_ORDER)]:
             if name in phases:
                 timings[name] = phases[name]["seconds"]
@@ -590,6 +596,13 @@ def environment() -> dict[str, str]:
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
     }
     try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode == 0:
+            env["wdl commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
         import vllm  # noqa: F401
 
         env["vllm"] = vllm.__version__
@@ -601,12 +614,12 @@ def environment() -> dict[str, str]:
 def _main(argv: list[str]) -> None:
     """`python -m wdl.pipeline evaluate DIR MODEL`: one model's eval in a clean process (used by phase eval
     under torchrun)."""
-    from wdl.config import load
+    from wdl.config import load_pipeline_config
 
     if len(argv) != 3 or argv[0] != "evaluate":
         raise SystemExit("usage: python -m wdl.pipeline evaluate RUN_DIR MODEL")
     out, name = Path(argv[1]), argv[2]
-    cfg = load(PipelineConfig, out / "config.yaml")
+    cfg = load_pipeline_config(out / "config.yaml")
     Pipeline(cfg, out).evaluate_one(name)
 
 

@@ -168,7 +168,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 a, b = t.get(f"{m}_first"), t.get(f"{m}_last")
                 cells.append(f"{a:.4f} -> {b:.4f}" if a is not None else "-")
             rows.append(cells)
-        lines += ["## Training", "", _markdown_table(rows), ""]
+        lines += ["## Training", "", _markdown_table(rows), "",
+                  "In `joint`, loss, entropy and margin are those of the mixed logits "
+                  "`z = lam*z_strong + (1-lam)*z_weak`; in the other phases, of the model itself.", ""]
     if report.get("plots"):
         lines += ["## Curves", ""]
         lines += [f"![{m}]({f})" for m, f in report["plots"].items()]

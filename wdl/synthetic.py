@@ -108,12 +108,14 @@ def _percent(r: random.Random) -> Problem:
     if variant == 0:
         thing = r.choice(_THINGS)
         question = f"A {thing} costs {base} dollars. It is on sale for {pct}% off. What is the sale price in dollars?"
-        steps = (f"The discount is {base} * {pct} / 100 = {part} dollars.", f"The sale price is {base} - {part} = {base - part}.")
+        steps = (f"The discount is {base} * {pct} / 100 = {part} dollars.",
+                 f"The sale price is {base} - {part} = {base - part}.")
         answer = base - part
     elif variant == 1:
         thing = r.choice(_THINGS)
         question = f"A {thing} costs {base} dollars. The price goes up by {pct}%. What is the new price in dollars?"
-        steps = (f"The increase is {base} * {pct} / 100 = {part} dollars.", f"The new price is {base} + {part} = {base + part}.")
+        steps = (f"The increase is {base} * {pct} / 100 = {part} dollars.",
+                 f"The new price is {base} + {part} = {base + part}.")
         answer = base + part
     else:
         item = r.choice(_ITEMS)
