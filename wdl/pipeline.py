@@ -620,6 +620,9 @@ def _main(argv: list[str]) -> None:
         raise SystemExit("usage: python -m wdl.pipeline evaluate RUN_DIR MODEL")
     out, name = Path(argv[1]), argv[2]
     cfg = load_pipeline_config(out / "config.yaml")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     Pipeline(cfg, out).evaluate_one(name)
 
 

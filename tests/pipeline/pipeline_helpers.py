@@ -4,6 +4,7 @@ steps, a smaller model) run as `python -m wdl run` subprocesses."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,19 @@ def wdl_command(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "wdl", "run", "--out", str(out), *SHORT, *extra]
 
 
+def run_command(cmd: list[str], *, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `cmd` in its own session; on a timeout kill its whole process group (launcher workers included)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{' '.join(cmd[:6])} ... timed out after {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def run_wdl(out: Path, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run(wdl_command(out, *extra), cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_command(wdl_command(out, *extra), timeout=timeout)

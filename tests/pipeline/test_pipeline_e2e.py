@@ -98,26 +98,32 @@ def test_rerun_skips_every_phase(finished_run):
     assert elapsed < 60, elapsed
 
 
-def test_resume_after_kill_9_matches_uninterrupted(finished_run, tmp_path):
-    reference, _ = finished_run
-    out = tmp_path / "killed"
+def _start_and_kill(out: Path, phase: str, after_rows: int = 3) -> None:
+    """Start `wdl run`, kill -9 it once phase's log has `after_rows` steps (past its step-2 checkpoint)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(wdl_command(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    joint_log = out / "logs" / "joint.jsonl"
+    log = out / "logs" / f"{phase}.jsonl"
     deadline = time.time() + 240
     try:
-        while time.time() < deadline:  # kill mid-joint: after the step-2 checkpoint, before the end
-            if joint_log.is_file() and len(joint_log.read_text().splitlines()) >= 3:
+        while time.time() < deadline:
+            if log.is_file() and len(log.read_text().splitlines()) >= after_rows:
                 break
-            assert proc.poll() is None, "the run ended before it could be interrupted"
+            assert proc.poll() is None, f"the run ended before {phase} could be interrupted"
             time.sleep(0.005)
         else:
-            pytest.fail("joint training did not start in time")
+            pytest.fail(f"{phase} did not start in time")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    assert not (out / "phases" / "joint.json").exists()
+    assert not (out / "phases" / f"{phase}.json").exists()  # interrupted mid-phase
+
+
+def test_resume_after_kill_9_matches_uninterrupted(finished_run, tmp_path):
+    reference, _ = finished_run
+    out = tmp_path / "killed"
+    _start_and_kill(out, "sft")  # killed during SFT ...
+    _start_and_kill(out, "joint")  # ... then, resumed, killed again during joint training
     assert not (out / "wmss").exists()
     finished = run_wdl(out)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -126,8 +132,33 @@ def test_resume_after_kill_9_matches_uninterrupted(finished_run, tmp_path):
         want = _log(reference / "logs" / f"{phase}.jsonl")
         assert [r["step"] for r in got] == [r["step"] for r in want], phase  # each step once
         assert [r["loss"] for r in got] == [r["loss"] for r in want], phase  # bitwise equal
+
     def accuracy(run):
         ev = json.loads((run / "report.json").read_text())["eval"]
         return {m: {b: (r["accuracy"], r["n"]) for b, r in res.items()} for m, res in ev.items()}
 
     assert accuracy(out) == accuracy(reference)
+
+
+@pytest.mark.distributed
+def test_torchrun_two_ranks_fsdp2_matches_one_process(finished_run, tmp_path):
+    """The whole `wdl run` under torchrun (2 gloo ranks, FSDP2): rank 0 writes the shared files and evaluates in
+    a clean process; the training losses equal the single-process run's to fp32 tolerance."""
+    import sys
+
+    from pipeline_helpers import SHORT, run_command
+
+    reference, _ = finished_run
+    out = tmp_path / "dist"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    proc = run_command([*torchrun, "-m", "wdl", "run", "--out", str(out), *SHORT, "train.backend=fsdp2"],
+                       timeout=300, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for phase in TRAINING_LOGS:
+        got = [r["loss"] for r in _log(out / "logs" / f"{phase}.jsonl")]
+        want = [r["loss"] for r in _log(reference / "logs" / f"{phase}.jsonl")]
+        assert len(got) == len(want), phase
+        assert max(abs(a - b) for a, b in zip(got, want)) < 1e-5, phase
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["eval"]) == {"base", "sft", "sft_continued", "wmss"}
+    assert (out / "sampling" / "resampled.json").read_text() == (reference / "sampling" / "resampled.json").read_text()
