@@ -9,8 +9,6 @@ from wdl.cli import main
 from wdl.config import dump_yaml, load_pipeline_config, preset_names
 from wdl.pipeline import Pipeline, PipelineError
 
-pytest.importorskip("wdl.data")  # the data package (issue 3) has not landed yet
-
 DATA = "data.sources=[train.jsonl]"
 
 

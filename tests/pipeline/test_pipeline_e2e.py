@@ -13,9 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-pytest.importorskip("wdl.data")  # the data package (issue 3) has not landed yet
-
 from pipeline_helpers import REPO, run_wdl, wdl_command
 
 TRAINING_LOGS = ("pretrain", "sft", "joint", "sft_continued")
