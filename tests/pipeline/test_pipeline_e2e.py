@@ -159,3 +159,23 @@ def test_torchrun_two_ranks_fsdp2_matches_one_process(finished_run, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert set(report["eval"]) == {"base", "sft", "sft_continued", "wmss"}
     assert (out / "sampling" / "resampled.json").read_text() == (reference / "sampling" / "resampled.json").read_text()
+
+
+def test_score_and_extract_commands(finished_run, tmp_path):
+    """`wdl score --model` scores any model into the run; `wdl extract` rebuilds wmss/ from the joint checkpoint."""
+    from pipeline_helpers import SHORT
+    from safetensors.torch import load_file
+
+    from wdl.cli import main
+
+    out, _ = finished_run
+    assert main(["score", "--out", str(out), *SHORT, "--model", str(out / "wmss"), "--name", "wmss_check"]) == 0
+    rows = _log(out / "scores" / "wmss_check.jsonl")
+    assert sorted(r["idx"] for r in rows) == list(range(40))
+    base = {r["idx"]: r for r in _log(out / "scores" / "base.jsonl")}
+    assert any(r["entropy"] != base[r["idx"]]["entropy"] for r in rows)  # a different model, other scores
+    (out / "scores" / "wmss_check.jsonl").unlink()
+
+    assert main(["extract", "--from", str(out / "work" / "joint"), "--out", str(tmp_path / "strong")]) == 0
+    got, want = load_file(tmp_path / "strong" / "model.safetensors"), load_file(out / "wmss" / "model.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
