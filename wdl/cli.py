@@ -117,7 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         from wdl.eval.cli import main as eval_main
 
         return eval_main(argv[1:]) or 0
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `wdl run CONFIG --out DIR key=value ...`: positionals after an option land in `extra`; they are overrides
+    if extra:
+        if not hasattr(args, "args") or any(a.startswith("-") for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.args = [*args.args, *extra]
     try:
         return _dispatch(args)
     except ValueError as e:  # configuration and input errors: a message, no traceback

@@ -101,3 +101,12 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
         Pipeline(load_pipeline_config(None, ["sft.lr=0.002"]), out).prepare_run_dir()
     with pytest.raises(PipelineError, match="sampling.scheme: 'v1' -> 'v2'"):
         Pipeline(load_pipeline_config(None, ["sft.lr=0.001", "sampling.scheme=v2"]), out).prepare_run_dir()
+
+
+def test_overrides_may_follow_options(capsys):
+    # the launch scripts call `wdl run CONFIG --out DIR key=value ...`
+    assert main(["config", "qwen3-0.6b", "--out", "somewhere", DATA, "joint.lam=0.3"]) == 0
+    text = capsys.readouterr().out
+    assert "lam: 0.3" in text and "out: somewhere" in text
+    with pytest.raises(SystemExit):
+        main(["config", "tiny", "--out", "x", "--bogus"])
