@@ -484,6 +484,7 @@ class SamplingConfig:
     beta: float = 0.8
     gamma: float = 0.1
     multiplier: float = 1.0  # draws = round(multiplier * |D|), with replacement (the reference: 1.0)
+    size: int | None = None  # an absolute number of draws instead of multiplier * |D|
     dedup: bool = True  # the paper removes duplicate draws (fewer steps); the reference code keeps them
     seed: int = 42
     brownboost: BrownBoostConfig = field(default_factory=BrownBoostConfig)
@@ -494,6 +495,7 @@ class SamplingConfig:
             _check(v >= 0 and v == v and v != float("inf"), name, f"must be a finite number >= 0, got {v}")
         _check(self.alpha + self.beta + self.gamma > 0, "beta", "alpha, beta and gamma cannot all be 0")
         _check(self.multiplier > 0, "multiplier", f"must be > 0, got {self.multiplier}")
+        _check(self.size is None or self.size >= 1, "size", f"must be >= 1 or null, got {self.size}")
         if self.scheme == "brownboost":
             _check(self.brownboost.third_model is not None, "scheme",
                    "'brownboost' needs sampling.brownboost.third_model (a later model to score: the "

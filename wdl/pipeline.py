@@ -573,7 +573,7 @@ def compute_weights(sampling, scores_dir: Path, out_dir: Path, *, brownboost: bo
         row["p"] = float(p[k])
         rows.append(row)
     atomic_write_jsonl(out_dir / "weights.jsonl", rows)
-    size = max(1, round(sampling.multiplier * len(ids)))
+    size = sampling.size if sampling.size is not None else max(1, round(sampling.multiplier * len(ids)))
     r = resample(np.array(ids), p, size, seed=sampling.seed, dedup=sampling.dedup)
     atomic_write_json(
         out_dir / "resampled.json",

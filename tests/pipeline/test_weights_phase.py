@@ -67,6 +67,9 @@ def test_brownboost_and_dedup(tmp_path):
                                                      gamma=0.1))
     assert sel["n_drawn"] == 12 and sel["n_selected"] == sel["n_unique"] == len(set(sel["ids"]))
     assert len(sel["ids"]) == len(set(sel["ids"]))
+    cfg.size = 3  # an absolute number of draws wins over the multiplier
+    compute_weights(cfg, tmp_path, tmp_path / "sized", brownboost=True)
+    assert _read(tmp_path / "sized")[1]["n_drawn"] == 3
 
 
 def test_missing_or_mismatched_scores(tmp_path):
