@@ -183,3 +183,23 @@ def test_cli_config_yaml(tiny_model_dir, bench_dir, tmp_path):
     assert res["mine"]["n"] == 2 and res["mine"]["max_new_tokens"] == 3
     (tmp_path / "bad.yaml").write_text("benchmarks:\n  - {name: g, limit: -1}\n")
     assert main([str(tiny_model_dir), "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_eval_in_another_interpreter(tiny_model_dir, bench_dir, tmp_path):
+    """eval.python runs the evaluation as `PYTHON -m wdl.eval` (how the pipeline reaches the vLLM venv on CPUs);
+    here with this interpreter under another path name, which counts as another interpreter."""
+    import sys
+    from pathlib import Path
+
+    other = Path(sys.executable).with_name("python3")
+    if not other.exists() or str(other) == sys.executable:
+        pytest.skip("no second name for this interpreter")
+    cfg = EvalConfig(benchmarks=[BenchmarkSpec(name="gsm8k", limit=2)], data_dir=str(bench_dir),
+                     backend="transformers", max_new_tokens=3, progress=False, python=str(other))
+    res = evaluate_model(tiny_model_dir, cfg, tmp_path / "sub", model_name="tiny")
+    assert res["gsm8k"]["n"] == 2
+    assert json.loads((tmp_path / "sub" / "summary.json").read_text())["config"]["python"] is None
+    assert "| benchmark | n | tiny |" in (tmp_path / "sub" / "summary.md").read_text()
+    with pytest.raises(ValueError, match="eval.python: /nonexistent/python does not exist"):
+        evaluate_model(tiny_model_dir, EvalConfig(benchmarks=cfg.benchmarks, python="/nonexistent/python"),
+                       tmp_path / "x")

@@ -168,6 +168,8 @@ class EvalConfig:
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM(...) arguments
     trust_remote_code: bool = False
     progress: bool = True  # progress bars while generating
+    python: str | None = None  # run the evaluation with this interpreter (a subprocess), e.g. the vLLM venv's
+    # .venv-vllm/bin/python on CPU machines (scripts/install_vllm_cpu.sh); None: in this process
 
     def __post_init__(self):
         self.benchmarks = [b if isinstance(b, BenchmarkSpec) else BenchmarkSpec(**b) for b in self.benchmarks]
@@ -196,6 +198,7 @@ class EvalConfig:
                f"must be >= 1, got {self.tensor_parallel_size}")
         g = self.gpu_memory_utilization
         _check(g is None or 0 < g <= 1, "gpu_memory_utilization", f"must be in (0, 1], got {g}")
+        _check(self.python is None or bool(self.python.strip()), "python", "must be an interpreter path or null")
         _check(all(isinstance(s, str) and s for s in self.stop_tokens), "stop_tokens",
                "must be a list of token strings, e.g. ['<|im_end|>']")
 

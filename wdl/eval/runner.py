@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from wdl.eval.backends import Generator, Request, Sampling, make_generator
@@ -51,12 +55,14 @@ def evaluate_model(model_path: str | Path, cfg: EvalConfig, out_dir: str | Path,
     `generator` replaces the backend (anything with `generate(requests, sampling, desc=) -> completions`), e.g.
     a fake returning known texts; the tokenizer still comes from `model_path`.
     """
-    from transformers import AutoTokenizer
-
     if not cfg.benchmarks:
         raise ValueError("eval: no benchmarks to run; list them in eval.benchmarks (name + path) or pass "
                          "--bench NAME=PATH")
     out_dir = Path(out_dir)
+    if cfg.python and generator is None and not _is_this_interpreter(cfg.python):
+        return _evaluate_in(cfg.python, model_path, cfg, out_dir, model_name)
+    from transformers import AutoTokenizer
+
     model_path = str(model_path)
     # read and check every set before a model is loaded: a bad file fails in a second, not after an hour
     sets: list[tuple[object, list[Problem]]] = [(spec, load_benchmark(spec, cfg)) for spec in cfg.benchmarks]
@@ -126,3 +132,31 @@ def evaluate_model(model_path: str | Path, cfg: EvalConfig, out_dir: str | Path,
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_text(out_dir / "summary.md", comparison_table({model_name or Path(model_path).name: results}))
     return results
+
+
+# torchrun's variables: a child evaluator must not think it is one rank of the training job
+_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+                  "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def _is_this_interpreter(python: str) -> bool:
+    # paths, not resolved files: every venv's python links to the same base interpreter
+    return os.path.abspath(os.path.expanduser(python)) == os.path.abspath(sys.executable)
+
+
+def _evaluate_in(python: str, model_path, cfg: EvalConfig, out_dir: Path, model_name: str | None) -> dict:
+    """Run `python -m wdl.eval` in another interpreter (e.g. the vLLM venv) and read its summary.json."""
+    exe = Path(python).expanduser()
+    if not exe.is_file():
+        raise ValueError(f"eval.python: {exe} does not exist (for the vLLM venv on CPUs run "
+                         "`bash scripts/install_vllm_cpu.sh` first)")
+    spec_file = out_dir / ".eval_config.json"
+    atomic_write_json(spec_file, asdict(replace(cfg, python=None)))
+    name = model_name or Path(str(model_path)).name
+    cmd = [str(exe), "-m", "wdl.eval", f"{name}={model_path}", "--config", str(spec_file), "--out", str(out_dir)]
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS}
+    log.info("evaluating in %s: %s", exe, " ".join(cmd[1:]))
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"evaluation with {exe} failed (exit code {proc.returncode}); see its output above")
+    return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))["results"]
