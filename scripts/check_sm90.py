@@ -63,7 +63,8 @@ def _variants():
         for use_weak in (False, True):
             heads = dict(USE_STRONG=True, USE_WEAK=use_weak)
             yield ("forward", dtype, use_weak, mixed_lse_forward_kernel, {**common, **heads, "WITH_ENTROPY": True}, cfg)
-            yield ("grad_logits", dtype, use_weak, mixed_grad_logits_kernel, {**common, **heads, "GROUP_M": cfg.group_m},
+            yield ("grad_logits", dtype, use_weak, mixed_grad_logits_kernel,
+                   {**common, **heads, "GROUP_M": cfg.group_m},
                    cfg)
         yield ("row_dots", dtype, False, row_dots_kernel,
                {"WITH_SUM": True, "BLOCK_M": cfg.rowdot_block_m, "BLOCK_K": cfg.rowdot_block_k},
@@ -115,17 +116,21 @@ def main(argv=None) -> int:
     rows, ok = [], True
     for name, dtype, use_weak, kernel, constexprs, cfg in _variants():
         src = ASTSource(fn=kernel, signature=_signature(kernel, dtype, constexprs), constexprs=constexprs)
-        compiled = triton.compile(src, target=target, options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+        compiled = triton.compile(src, target=target,
+                                  options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
         rep = _ptxas_report(compiled.asm["ptx"])
         rep.update(kernel=name, dtype=dtype, heads=2 if use_weak else 1, shared_bytes=compiled.metadata.shared,
                    num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                   tile=f"{cfg.rowdot_block_m}x{cfg.rowdot_block_k}" if name == "row_dots" else f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}", hgmma=_sass_has_hgmma(compiled.asm["cubin"]))
+                   tile=(f"{cfg.rowdot_block_m}x{cfg.rowdot_block_k}" if name == "row_dots"
+                         else f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}"),
+                   hgmma=_sass_has_hgmma(compiled.asm["cubin"]))
         bad = rep["spill_store_bytes"] > 0 or (name != "row_dots" and dtype != "fp32" and not rep["hgmma"])
         ok &= not bad
         rows.append(rep)
         print(f"{name:12s} {dtype:5s} heads={rep['heads']} tile={rep['tile']} warps={cfg.num_warps} "
               f"stages={cfg.num_stages} regs={rep['registers']} spill={rep['spill_store_bytes']}/"
-              f"{rep['spill_load_bytes']}B smem={rep['shared_bytes']}B hgmma={rep['hgmma']}{'  <-- PROBLEM' if bad else ''}")
+              f"{rep['spill_load_bytes']}B smem={rep['shared_bytes']}B hgmma={rep['hgmma']}"
+              f"{'  <-- PROBLEM' if bad else ''}")
     print(f"triton {triton.__version__}, torch {torch.__version__}")
     if args.json:
         with open(args.json, "w") as f:

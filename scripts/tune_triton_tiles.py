@@ -75,8 +75,8 @@ def main(argv=None) -> int:
     for bm, bn, bk, warps, stages in CONFIGS:
         be = replace(base, block_m=bm, block_n=bn, block_k=bk, num_warps=warps, num_stages=stages)
         try:
-            fwd = _time(lambda: be.forward_partials(prob, -100, True), args.reps)
-            grad = _time(lambda: be.grad_logits(prob, 0, n, 0, chunk, lse, grow, out), args.reps) * v / chunk
+            fwd = _time(lambda be=be: be.forward_partials(prob, -100, True), args.reps)
+            grad = _time(lambda be=be: be.grad_logits(prob, 0, n, 0, chunk, lse, grow, out), args.reps) * v / chunk
         except Exception as e:  # a config that does not fit this GPU (shared memory) is reported, not fatal
             print(f"{bm}x{bn}x{bk} w{warps} s{stages}: failed: {str(e).splitlines()[0]}")
             continue

@@ -62,7 +62,8 @@ def _compact(prob: Problem, rows: torch.Tensor) -> Problem:
     def take(x):
         return None if x is None else x.index_select(0, rows)
 
-    return Problem(take(prob.hidden), prob.weight, take(prob.weak_hidden), prob.weak_weight, take(prob.labels), prob.lam)
+    return Problem(take(prob.hidden), prob.weight, take(prob.weak_hidden), prob.weak_weight, take(prob.labels),
+                   prob.lam)
 
 
 def backward_grads(

@@ -111,7 +111,8 @@ def _weak_hidden_and_weight(weak_model, inputs):
     weight = lm_head_weight(weak_model)
     if _is_dtensor(weight) or _is_zero3(weight):
         raise ValueError("the weak model's lm_head is sharded (FSDP2/ZeRO-3); keep the weak model unsharded here "
-                         "(e.g. frozen and replicated), or train both models in one module as wdl.models.JointModel does")
+                         "(e.g. frozen and replicated), or train both models in one module as "
+                         "wdl.models.JointModel does")
     grad = any(p.requires_grad for p in weak_model.parameters())
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         hidden = decoder_hidden_states(weak_model, **inputs)

@@ -64,7 +64,8 @@ class TritonBackend:
                 continue
             if x.stride(1) != 1 or (x.stride(0) * x.element_size()) % 16 or x.data_ptr() % 16:
                 return (f"{name} (shape {tuple(x.shape)}, {x.dtype}) needs 16-byte aligned rows for TMA; "
-                        "pad the hidden size to a multiple of 16 bytes (8 bf16/fp16 values, 4 fp32) or use impl='torch'")
+                        "pad the hidden size to a multiple of 16 bytes (8 bf16/fp16 values, 4 fp32) "
+                        "or use impl='torch'")
         return None
 
     def _descriptors(self, prob: Problem, cfg: "TritonBackend"):

@@ -27,7 +27,8 @@ def _check_2d(name: str, x) -> None:
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
         raise ValueError(
-            f"{name} must be 2-D, got shape {tuple(x.shape)}; flatten leading dims first, e.g. {name}.reshape(-1, {name}.shape[-1])"
+            f"{name} must be 2-D, got shape {tuple(x.shape)}; flatten leading dims first, "
+            f"e.g. {name}.reshape(-1, {name}.shape[-1])"
         )
     if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
@@ -52,7 +53,8 @@ def check_inputs(
         raise ValueError("weight has no rows (V == 0): the vocabulary must be non-empty")
     if weight.shape[1] != hs:
         raise ValueError(
-            f"hidden is [N, {hs}] but weight is {tuple(weight.shape)}: weight must be [V, {hs}] (the lm_head weight, not its transpose)"
+            f"hidden is [N, {hs}] but weight is {tuple(weight.shape)}: weight must be [V, {hs}] "
+            "(the lm_head weight, not its transpose)"
         )
     if (weak_hidden is None) != (weak_weight is None):
         raise ValueError("pass both weak_hidden and weak_weight for a mixed loss, or neither for a single head")
@@ -60,17 +62,21 @@ def check_inputs(
         _check_2d("weak_hidden", weak_hidden)
         _check_2d("weak_weight", weak_weight)
         if weak_hidden.shape[0] != n:
-            raise ValueError(f"weak_hidden has {weak_hidden.shape[0]} rows but hidden has {n}: both heads must see the same N tokens")
+            raise ValueError(f"weak_hidden has {weak_hidden.shape[0]} rows but hidden has {n}: "
+                             "both heads must see the same N tokens")
         if weak_weight.shape[0] != v:
-            raise ValueError(f"weak_weight has {weak_weight.shape[0]} rows but weight has {v}: both heads must share the vocabulary V")
+            raise ValueError(f"weak_weight has {weak_weight.shape[0]} rows but weight has {v}: "
+                             "both heads must share the vocabulary V")
         if weak_weight.shape[1] != weak_hidden.shape[1]:
             raise ValueError(
-                f"weak_hidden is [N, {weak_hidden.shape[1]}] but weak_weight is {tuple(weak_weight.shape)}: weak_weight must be [V, {weak_hidden.shape[1]}]"
+                f"weak_hidden is [N, {weak_hidden.shape[1]}] but weak_weight is {tuple(weak_weight.shape)}: "
+                f"weak_weight must be [V, {weak_hidden.shape[1]}]"
             )
     if not isinstance(labels, torch.Tensor):
         raise ValueError(f"labels must be a torch.Tensor of int64 ids, got {type(labels).__name__}")
     if labels.dim() != 1 or labels.shape[0] != n:
-        raise ValueError(f"labels must be 1-D with N={n} entries (one target per row of hidden), got shape {tuple(labels.shape)}")
+        raise ValueError(f"labels must be 1-D with N={n} entries (one target per row of hidden), "
+                         f"got shape {tuple(labels.shape)}")
     if labels.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"labels must be int64 token ids, got {labels.dtype}; use labels.long()")
     tensors = [("hidden", hidden), ("weight", weight), ("labels", labels)]
@@ -98,7 +104,8 @@ def check_inputs(
         ac = _autocast_dtype(hidden.device)
         if ac is None:
             desc = ", ".join(f"{name}={x.dtype}" for name, x in floats)
-            raise ValueError(f"inputs have different dtypes ({desc}): cast them to one dtype, or run under torch.autocast")
+            raise ValueError(f"inputs have different dtypes ({desc}): cast them to one dtype, "
+                             "or run under torch.autocast")
         hidden, weight = hidden.to(ac), weight.to(ac)
         if weak_hidden is not None:
             weak_hidden, weak_weight = weak_hidden.to(ac), weak_weight.to(ac)

@@ -10,7 +10,8 @@ from wdl.data import DataConfig
 
 def chat(i: int, answer: str | None = None) -> dict:
     return {"idx": i, "messages": [{"role": "user", "content": f"What is {i} plus 1?"},
-                                   {"role": "assistant", "content": answer or f"<think>\n{i} + 1 = {i + 1}\n</think>\n\n"
+                                   {"role": "assistant",
+                                    "content": answer or f"<think>\n{i} + 1 = {i + 1}\n</think>\n\n"
                                                                                f"The answer is \\boxed{{{i + 1}}}."}]}
 
 

@@ -63,7 +63,8 @@ def test_bad_records_name_file_and_line(tmp_path, make_cfg, bad, message):
 
 
 def test_skip_mode_counts_and_reports(tmp_path, make_cfg):
-    path = write_jsonl(tmp_path / "bad.jsonl", [chat(1), "{nope", {"idx": 2, "messages": [{"role": "x", "content": "y"}]},
+    path = write_jsonl(tmp_path / "bad.jsonl", [chat(1), "{nope",
+                                                       {"idx": 2, "messages": [{"role": "x", "content": "y"}]},
                                                 chat(3)])
     ds, report = load_records_with_report(make_cfg(path, on_bad_record="skip"))
     assert ds["idx"] == [1, 3] and sum(report.skipped.values()) == 2

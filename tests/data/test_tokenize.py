@@ -68,7 +68,8 @@ def test_truncate_and_drop_counts(tmp_path, make_cfg, tiny_tokenizer):
 
 
 def test_no_supervised_token_after_truncation(tmp_path, make_cfg, tiny_tokenizer):
-    long_prompt = {"idx": 9, "messages": [{"role": "user", "content": "x " * 300}, {"role": "assistant", "content": "y"}]}
+    long_prompt = {"idx": 9, "messages": [{"role": "user", "content": "x " * 300},
+                                          {"role": "assistant", "content": "y"}]}
     path = write_jsonl(tmp_path / "c.jsonl", [chat(1), long_prompt])
     cfg = make_cfg(path, max_length=32)
     with pytest.raises(ValueError, match=r"c.jsonl:2: no supervised token after truncation"):

@@ -64,7 +64,8 @@ def test_eval_config_validation(kwargs, pattern):
 @pytest.mark.parametrize("kwargs,pattern", [
     ({"name": "a b"}, "name: must be a simple name"),
     ({"name": "a", "format": "csv"}, "format: must be one of"),
-    ({"name": "a", "format": "fields", "fields": {"question": "q"}}, "fields: format 'fields' needs a mapping for answer"),
+    ({"name": "a", "format": "fields", "fields": {"question": "q"}},
+     "fields: format 'fields' needs a mapping for answer"),
     ({"name": "a", "fields": {"question": "q", "answer": "a", "bogus": "x"}}, r"fields: unknown keys \['bogus'\]"),
     ({"name": "a", "path": "x.json", "hf": "org/ds"}, "hf: set either path or hf"),
     ({"name": "a", "limit": 0}, "limit: must be >= 1"),

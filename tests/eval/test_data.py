@@ -84,7 +84,8 @@ def test_a_folder_with_one_data_file(tmp_path):
 
 @pytest.mark.parametrize("content,suffix,pattern", [
     ('{"problem": "P", "answer": "1"}\n{"problem": "Q", "answer": \n', ".jsonl", r"m\.jsonl: line 2: not valid JSON"),
-    ('[{"problem": "P", "answer": "1"}, {"problem": "Q"}]', ".json", r"m\.json: record 2 of 2: missing field\(s\) 'answer'"),
+    ('[{"problem": "P", "answer": "1"}, {"problem": "Q"}]', ".json",
+     r"m\.json: record 2 of 2: missing field\(s\) 'answer'"),
     ('[{"problem": "P", "answer": "  "}]', ".json", r"record 1 of 1: empty answer"),
     ('[{"problem": " ", "answer": "1"}]', ".json", r"record 1 of 1: empty question"),
     ('[{"problem": "P", "answer": "1"}, 7]', ".json", r"record 2 of 2: expected a JSON object"),

@@ -119,7 +119,7 @@ def test_bad_file_fails_before_the_model_loads(tmp_path):
 def test_transformers_backend_end_to_end_is_deterministic(tiny_model_dir, bench_dir, tmp_path):
     cfg = _cfg(bench_dir, backend="transformers", max_new_tokens=12, batch_size=3)
     a = evaluate_model(tiny_model_dir, cfg, tmp_path / "a")
-    b = evaluate_model(tiny_model_dir, cfg, tmp_path / "b")
+    evaluate_model(tiny_model_dir, cfg, tmp_path / "b")
     for bench, n in (("gsm8k", 4), ("aqua", 3)):
         assert a[bench]["n"] == n and 0.0 <= a[bench]["accuracy"] <= 1.0
         assert a[bench]["max_new_tokens"] == 12 and a[bench]["max_model_len"] == 2048  # capped by the model

@@ -82,7 +82,8 @@ def test_extra_memory_of_two_4b_heads_is_bounded():
 def test_triton_and_torch_impls_agree_on_gpu():
     torch.manual_seed(0)
     n, h, v = 1024, 512, 32_768
-    args = [torch.randn(n, h, device="cuda", dtype=torch.bfloat16), torch.randn(v, h, device="cuda", dtype=torch.bfloat16) * h ** -0.5,
+    args = [torch.randn(n, h, device="cuda", dtype=torch.bfloat16),
+            torch.randn(v, h, device="cuda", dtype=torch.bfloat16) * h ** -0.5,
             torch.randint(0, v, (n,), device="cuda")]
     a = wdl_kernels.mixed_linear_cross_entropy(*args, impl="triton", return_stats=True)
     b = wdl_kernels.mixed_linear_cross_entropy(*args, impl="torch", return_stats=True)

@@ -48,7 +48,8 @@ def run_command(cmd: list[str], *, timeout: float = 240, env: dict | None = None
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        raise AssertionError(f"{' '.join(cmd[:6])} ... timed out after {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
+        raise AssertionError(f"{' '.join(cmd[:6])} ... timed out after {timeout} s\n"
+                             f"{out[-3000:]}\n{err[-3000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 

@@ -28,7 +28,7 @@ def test_outputs(finished_run):
     assert set(report["eval"]) == {"base", "sft", "sft_continued", "wmss"}
     for model, benches in report["eval"].items():
         assert "synthetic" in benches, model
-        for bench, r in benches.items():
+        for r in benches.values():
             assert isinstance(r["accuracy"], float) and 0.0 <= r["accuracy"] <= 1.0
             assert isinstance(r["n"], int) and r["n"] == 8
     for phase in ("data", "pretrain", "score_base", "sft", "score_sft", "weights", "joint", "sft_continued",

@@ -121,7 +121,8 @@ def normalize(rec, fmt: str, field_map: dict[str, str]) -> tuple[list[dict] | No
 
 
 def _iter_json_file(path: Path):
-    """(line number, parsed object or JSONDecodeError) for a .jsonl file, or (record number, object) for a .json list."""
+    """(line number, parsed object or JSONDecodeError) for a .jsonl file, or (record number, object) for a .json
+    list."""
     if path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
