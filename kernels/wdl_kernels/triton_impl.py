@@ -51,9 +51,11 @@ class TritonBackend:
         return cls(sm_count=_sm_count(device.index or 0))
 
     def _for_dtype(self, dtype: torch.dtype) -> "TritonBackend":
-        # fp32 uses exact (IEEE, FMA) dots; 64x64x8 over 8 warps compiles without spills on sm_90 (others spill).
+        # fp32 uses exact (IEEE, FMA) dots. tl.dot needs K >= 16 before Triton 3.7 (the GPU image has 3.6);
+        # 64x64x16 over 4 warps, 2 stages compiles without spills on sm_90 with Triton 3.6 and 3.9
+        # (scripts/check_sm90.py; 8 warps or 3 stages spill in one version or the other).
         if dtype == torch.float32 and not self.interpret:
-            return replace(self, block_m=64, block_n=64, block_k=8, num_warps=8, num_stages=3)
+            return replace(self, block_m=64, block_n=64, block_k=16, num_warps=4, num_stages=2)
         return self
 
     # --- shared launch arguments -------------------------------------------------------------------
