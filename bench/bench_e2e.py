@@ -6,6 +6,7 @@ the longest sequence each path fits.
     python bench/bench_e2e.py --models 1.7b --seq 2048,4096,8192 --ac 0,1 --micro-batch 1,2 --max-seq \
         --out runs/bench-e2e                                                                  # one GPU
     python bench/bench_e2e.py --cpu --out /tmp/e2e                                           # tiny shapes, seconds
+    python bench/bench_e2e.py --report runs/bench-e2e/e2e.jsonl --out runs/bench-e2e    # table + plot of earlier rows
 
 Models are random-weight Qwen3s built in code from the published shapes (no download). A case is
 (model, mode, path, activation checkpointing): mode `sft` (one model), `joint` (both trainable, the paper's
@@ -14,7 +15,8 @@ setting), `joint_frozen` (weak frozen). Each case builds its models and optimize
 label supervised) at each sequence length, and with --max-seq searches the longest length that fits (doubling,
 then bisection to --seq-granularity). Rows go to OUT/e2e.csv and OUT/e2e.jsonl with the commit, device and
 versions (bench/common.py); OUT/e2e.png plots them and OUT/e2e_summary_<run>.md compares each path at its
-best setting (micro-batch, activation checkpointing). An out-of-memory case is recorded as such, never
+best setting (micro-batch, activation checkpointing) and gives a verdict on each of issue 3's targets from the
+measured rows (`not measured` where a row is missing). An out-of-memory case is recorded as such, never
 estimated.
 """
 
@@ -54,7 +56,8 @@ MODES = ("sft", "joint", "joint_frozen")
 PATHS = ("fused", "reference")
 
 CASE_COLUMNS = ("run_id", "label", "kind", "model", "mode", "path", "activation_checkpointing", "backend",
-                "zero_stage", "offload_optimizer", "dtype", "vocab", "micro_batch", "seq_len", "tokens_per_step")
+                "zero_stage", "offload_optimizer", "fsdp_cpu_offload", "dtype", "vocab", "micro_batch", "seq_len",
+                "tokens_per_step")
 RESULT_COLUMNS = ("status", "error", "steps", "step_ms_median", "step_ms_p20", "step_ms_p80", "tokens_per_s",
                   "mfu", "peak_mem_gib", "first_loss", "trainable_params", "total_params")
 COLUMNS = ENV_COLUMNS + CASE_COLUMNS + RESULT_COLUMNS
@@ -82,6 +85,7 @@ class Case:
         self.cfg = TrainConfig(lr=1e-5, warmup_ratio=0.0, schedule="constant", dtype=args.dtype, lam=0.5,
                                freeze_weak=mode == "joint_frozen", loss_impl=path, backend=args.backend,
                                zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer,
+                               fsdp_cpu_offload=args.fsdp_cpu_offload,
                                activation_checkpointing=ac, tensorboard=False)
         self.dist = init_distributed(require_group=args.backend != "single")
         dtype = compute_dtype_for(self.cfg, device)
@@ -221,10 +225,13 @@ def parse_args(argv=None):
     ap.add_argument("--attn", default="auto", help="attention implementation (auto: flash_attention_2 if installed)")
     ap.add_argument("--backend", choices=["single", "deepspeed", "fsdp2"], default="single")
     ap.add_argument("--zero-stage", type=int, default=3)
-    ap.add_argument("--offload-optimizer", action="store_true")
+    ap.add_argument("--offload-optimizer", action="store_true", help="deepspeed: optimizer states on the CPU")
+    ap.add_argument("--fsdp-cpu-offload", action="store_true",
+                    help="fsdp2: parameters, gradients and optimizer states on the CPU")
     ap.add_argument("--warmup", type=int, help="untimed steps per length (default 2; 1 with --cpu)")
     ap.add_argument("--steps", type=int, help="timed steps per length (default 10, torchtitan's minimum; 2 with --cpu)")
     ap.add_argument("--max-seq", action="store_true", help="also search the longest sequence each case fits")
+    ap.add_argument("--max-seq-only", action="store_true", help="only the longest-sequence search (implies --max-seq)")
     ap.add_argument("--max-seq-start", type=int, default=2048)
     ap.add_argument("--max-seq-limit", type=int, default=131072)
     ap.add_argument("--seq-granularity", type=int, default=1024)
@@ -232,7 +239,10 @@ def parse_args(argv=None):
     ap.add_argument("--label", default="", help="free text stored in every row")
     ap.add_argument("--out", default="runs/bench-e2e", help="output directory")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--report", type=Path, metavar="JSONL",
+                    help="run nothing: the summary, target verdicts and plot of rows recorded earlier")
     args = ap.parse_args(argv)
+    args.max_seq = args.max_seq or args.max_seq_only
     if args.cpu:
         args.models = args.models or ["tiny"]
         args.seq = args.seq or [32, 64]
@@ -258,6 +268,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return report(args.report, Path(args.out), plot_png=not args.no_plot)
     device = torch.device("cpu") if args.cpu or not torch.cuda.is_available() else torch.device("cuda", 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -273,7 +285,8 @@ def main(argv=None) -> int:
                     base = {**{k: env.get(k) for k in ENV_COLUMNS}, "run_id": rid, "label": label, "model": model,
                             "mode": mode, "path": path, "activation_checkpointing": bool(ac),
                             "backend": args.backend, "zero_stage": args.zero_stage if args.backend == "deepspeed"
-                            else None, "offload_optimizer": args.offload_optimizer, "vocab": args.vocab,
+                            else None, "offload_optimizer": args.offload_optimizer,
+                            "fsdp_cpu_offload": args.fsdp_cpu_offload, "vocab": args.vocab,
                             }
                     try:
                         case = Case(args, model, mode, path, bool(ac), device)
@@ -288,7 +301,7 @@ def main(argv=None) -> int:
                         continue
                     base.update(dtype=case.dtype_name, trainable_params=case.trainable_params,
                                 total_params=case.total_params)
-                    for seq in args.seq:
+                    for seq in [] if args.max_seq_only else args.seq:
                         for mb in args.micro_batch:
                             r = {**base, "kind": "throughput", "seq_len": seq, "micro_batch": mb,
                                  "tokens_per_step": seq * mb, **case.run(seq, args.warmup, args.steps, mb)}
@@ -305,15 +318,83 @@ def main(argv=None) -> int:
                         rows.append(r)
                         print(f"{model} {mode} {path} ac={ac}: longest fitting sequence {best}")
                     case.close()
-    if not args.no_plot:
-        plot(rows, Path(args.out) / "e2e.png")
+    _write_report(rows, Path(args.out), f"e2e_summary_{rid}.md", plot_png=not args.no_plot)
+    return 0
+
+
+def report(jsonl: Path, out: Path, plot_png: bool = True) -> int:
+    """OUT/e2e_summary.md (summary and target verdicts) and OUT/e2e.png over rows recorded earlier, e.g. by
+    several invocations into one file, or one cut short by its time limit."""
+    from bench.common import read_jsonl
+
+    if not jsonl.is_file():
+        print(f"bench_e2e: --report {jsonl}: no such file", file=sys.stderr)
+        return 2
+    rows = read_jsonl(jsonl)
+    if not rows:
+        print(f"bench_e2e: --report {jsonl}: no rows", file=sys.stderr)
+        return 2
+    _write_report(rows, out, "e2e_summary.md", plot_png)
+    return 0
+
+
+def _write_report(rows: list[dict], out: Path, name: str, plot_png: bool) -> None:
+    from wdl.io import atomic_write_text
+
+    if plot_png:
+        plot(rows, out / "e2e.png")
     summary = summarize(rows)
     if summary:
-        from wdl.io import atomic_write_text
-
-        atomic_write_text(Path(args.out) / f"e2e_summary_{rid}.md", summary)
+        summary += "\n" + format_targets(rows)
+        atomic_write_text(out / name, summary)
         print(summary)
-    return 0
+
+
+def format_targets(rows: list[dict]) -> str:
+    """Issue 3's GPU targets, each judged from the measured CUDA rows only (a CPU run measures none)."""
+    rows = [r for r in rows if r["device_type"] == "cuda"]
+    ok = [r for r in rows if r["status"] == "ok"]
+
+    def best(kind, path, **match):
+        cands = [r for r in ok if r["kind"] == kind and r["path"] == path
+                 and all(r.get(k) == v for k, v in match.items())]
+        key = "seq_len" if kind == "max_seq" else "tokens_per_s"
+        return max(cands, key=lambda r: r[key]) if cands else None
+
+    lines = ["| target (one 80 GB GPU) | measured | verdict |", "|---|---|---|"]
+
+    def add(name, measured, passed):
+        verdict = "not measured" if passed is None else ("PASS" if passed else "FAIL")
+        lines.append(f"| {name} | {measured} | {verdict} |")
+
+    j = dict(model="1.7b", mode="joint")
+    f, r = best("max_seq", "fused", **j), best("max_seq", "reference", **j)
+    add("2x1.7B joint: longest sequence >= 4x the reference path's",
+        f"{f['seq_len']} vs {r['seq_len']}" if f and r else "-",
+        f["seq_len"] >= 4 * r["seq_len"] if f and r else None)
+    # tokens/s at each path's best fitting setting, at the longest length both paths ran
+    both = sorted({x["seq_len"] for x in ok if x["kind"] == "throughput" and x["model"] == "1.7b"
+                   and x["mode"] == "joint" and x["path"] == "fused"}
+                  & {x["seq_len"] for x in ok if x["kind"] == "throughput" and x["model"] == "1.7b"
+                     and x["mode"] == "joint" and x["path"] == "reference"})
+    f = best("throughput", "fused", seq_len=both[-1], **j) if both else None
+    r = best("throughput", "reference", seq_len=both[-1], **j) if both else None
+    add("2x1.7B joint: tokens/s >= 1.3x the reference path's (best settings)",
+        f"{f['tokens_per_s']:.0f} vs {r['tokens_per_s']:.0f} tok/s at {both[-1]}" if f and r else "-",
+        f["tokens_per_s"] >= 1.3 * r["tokens_per_s"] if f and r else None)
+    fm = [x for x in ok if x["kind"] == "throughput" and x["path"] == "fused" and x["model"] == "1.7b"
+          and x["mode"] == "joint" and x.get("mfu") is not None]
+    top = max(fm, key=lambda x: x["mfu"]) if fm else None
+    add("2x1.7B joint: MFU >= 40%", f"{100 * top['mfu']:.1f}% at {top['seq_len']}" if top else "-",
+        top["mfu"] >= 0.40 if top else None)
+    off = [x for x in rows if x["kind"] == "throughput" and x["model"] == "4b" and x["mode"] == "joint_frozen"
+           and x["path"] == "fused" and (x.get("offload_optimizer") or x.get("fsdp_cpu_offload"))
+           and x["seq_len"] >= 8192]
+    fits = [x for x in off if x["status"] == "ok"]
+    add("2x4B, weak frozen, optimizer offload: trains at >= 8192 tokens",
+        f"{max(x['seq_len'] for x in fits)} tokens ok" if fits else ("OOM" if off else "-"),
+        bool(fits) if off else None)
+    return "\n".join(lines) + "\n"
 
 
 def summarize(rows: list[dict]) -> str:

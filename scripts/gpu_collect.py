@@ -3,11 +3,14 @@
 
     python scripts/gpu_collect.py FILES_AT_1 [FILES_AT_2 ...] [--dest bench/results/kernel] [--docs docs/benchmarks.md]
 
-Each FILES_AT is a directory the device tool returned (results.jsonl, summary.md, logs, ...). Rows of all of
-them are merged (in the order given) into one run directory <dest>/<gpu|cpu>/<date>_<device>_<commit>/ with
-results.jsonl + results.csv (one schema), the PNG and summary.md regenerated over the merged rows, and the logs
-(renamed per call). For a GPU run, the 'latest GPU results' section of docs/benchmarks.md is rewritten from
-the measured rows (nothing typed by hand). Prints the git command that commits exactly those files.
+Each FILES_AT is a directory the device tool returned (results.jsonl, summary.md, logs, ...). Kernel rows of all
+of them (results.jsonl) are merged (in the order given) into one run directory
+<dest>/<gpu|cpu>/<date>_<device>_<commit>/ with results.jsonl + results.csv (one schema), the PNG and summary.md
+regenerated over the merged rows, and the logs (renamed per call). End-to-end rows (e2e.jsonl, from the e2e
+stages) go the same way into <e2e-dest>/<gpu|cpu>/<run>/ with e2e.jsonl, e2e.csv, e2e.png and e2e_summary.md
+(with issue 3's target verdicts). For a GPU run, the 'latest GPU results' section of docs/benchmarks.md is
+rewritten from the measured kernel rows (nothing typed by hand). Prints the git command that commits exactly
+those files.
 """
 
 from __future__ import annotations
@@ -33,20 +36,28 @@ def kernel_columns() -> tuple[str, ...]:
     return COLUMNS
 
 
-def collect(sources: list[Path], dest_root: Path, allow_cpu: bool = False) -> Path:
-    rows, columns = [], kernel_columns()
+def e2e_columns() -> tuple[str, ...]:
+    from bench.bench_e2e import COLUMNS
+
+    return COLUMNS
+
+
+def _read_rows(sources: list[Path], file: str, columns: tuple[str, ...], what: str) -> list[dict]:
+    rows = []
     for src in sources:
-        path = src / "results.jsonl"
+        path = src / file
         if not path.is_file():
-            raise ValueError(f"{src}: no results.jsonl (pass the directory the device tool returned as files_at)")
+            continue
         got = read_jsonl(path)
         for i, r in enumerate(got, 1):
             if set(r) != set(columns):
                 diff = sorted(set(r) ^ set(columns))
-                raise ValueError(f"{path}:{i}: not the kernel benchmark's schema (differs in {diff[:6]})")
+                raise ValueError(f"{path}:{i}: not the {what} benchmark's schema (differs in {diff[:6]})")
         rows += got
-    if not rows:
-        raise ValueError("no rows to collect")
+    return rows
+
+
+def _run_dir(rows: list[dict], dest_root: Path, allow_cpu: bool) -> Path:
     kinds = {r["device_type"] for r in rows}
     if kinds != {"cuda"} and not allow_cpu:
         raise ValueError(f"rows from {sorted(kinds)} devices: GPU results only (pass --allow-cpu for a CPU run)")
@@ -56,19 +67,56 @@ def collect(sources: list[Path], dest_root: Path, allow_cpu: bool = False) -> Pa
     run_dir = dest_root / ("gpu" if kinds == {"cuda"} else "cpu") / name
     if run_dir.exists():
         raise ValueError(f"{run_dir} exists already: remove it first or collect into another --dest")
+    return run_dir
+
+
+def collect(sources: list[Path], dest_root: Path, allow_cpu: bool = False) -> Path | None:
+    """The kernel rows (results.jsonl) of the sources into one run directory; None when no source has any."""
+    rows = _read_rows(sources, "results.jsonl", kernel_columns(), "kernel")
+    if not rows:
+        return None
+    run_dir = _run_dir(rows, dest_root, allow_cpu)
     tmp = run_dir.with_name(f".{run_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        ResultsWriter(tmp, columns).append(rows)
-        for i, src in enumerate(sources, 1):
-            for log in LOGS:
-                if (src / log).is_file():
-                    stem, dot, ext = log.partition(".")
-                    target = f"{stem}-{i}{dot}{ext}" if len(sources) > 1 else log
-                    shutil.copyfile(src / log, tmp / target)
+        ResultsWriter(tmp, kernel_columns()).append(rows)
+        _copy_logs(sources, "results.jsonl", tmp)
         plot(rows, tmp / "kernel_bench.png")
         write_summary(rows, tmp / "summary.md")
+        tmp.rename(run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def _copy_logs(sources: list[Path], results_file: str, dest: Path) -> None:
+    """The logs of the calls that returned `results_file`, renamed per call when there are several."""
+    calls = [src for src in sources if (src / results_file).is_file()]
+    for i, src in enumerate(calls, 1):
+        for log in LOGS:
+            if (src / log).is_file():
+                stem, dot, ext = log.partition(".")
+                shutil.copyfile(src / log, dest / (f"{stem}-{i}{dot}{ext}" if len(calls) > 1 else log))
+
+
+def collect_e2e(sources: list[Path], dest_root: Path, allow_cpu: bool = False) -> Path | None:
+    """The end-to-end rows (e2e.jsonl) of the sources into one run directory; None when no source has any."""
+    from bench.bench_e2e import report
+
+    rows = _read_rows(sources, "e2e.jsonl", e2e_columns(), "end-to-end")
+    if not rows:
+        return None
+    run_dir = _run_dir(rows, dest_root, allow_cpu)
+    tmp = run_dir.with_name(f".{run_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        ResultsWriter(tmp, e2e_columns(), stem="e2e").append(rows)
+        _copy_logs(sources, "e2e.jsonl", tmp)
+        if report(tmp / "e2e.jsonl", tmp) != 0:
+            raise ValueError("could not summarise the end-to-end rows")
         tmp.rename(run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -105,23 +153,39 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sources", nargs="+", type=Path, help="directories returned by the device tool (files_at)")
     ap.add_argument("--dest", type=Path, default=ROOT / "bench" / "results" / "kernel")
+    ap.add_argument("--e2e-dest", type=Path, default=ROOT / "bench" / "results" / "e2e")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md",
                     help="file whose latest-GPU-results section is rewritten (GPU runs only)")
     ap.add_argument("--allow-cpu", action="store_true", help="collect a CPU (smoke) run into <dest>/cpu/")
     args = ap.parse_args(argv)
     try:
+        for src in args.sources:
+            if not ((src / "results.jsonl").is_file() or (src / "e2e.jsonl").is_file()):
+                raise ValueError(f"{src}: no results.jsonl or e2e.jsonl (pass the directory the device tool "
+                                 "returned as files_at)")
+        # both destinations are checked before either is written: a refusal leaves nothing behind
+        for file, columns, what, dest in (("results.jsonl", kernel_columns(), "kernel", args.dest),
+                                          ("e2e.jsonl", e2e_columns(), "end-to-end", args.e2e_dest)):
+            rows = _read_rows(args.sources, file, columns, what)
+            if rows:
+                _run_dir(rows, dest, args.allow_cpu)
         run_dir = collect(args.sources, args.dest, allow_cpu=args.allow_cpu)
-        paths = [run_dir]
-        if run_dir.parent.name == "gpu" and args.docs:
+        e2e_dir = collect_e2e(args.sources, args.e2e_dest, allow_cpu=args.allow_cpu)
+        if run_dir is None and e2e_dir is None:
+            raise ValueError("no rows to collect")
+        paths = [p for p in (run_dir, e2e_dir) if p is not None]
+        if run_dir is not None and run_dir.parent.name == "gpu" and args.docs:
             update_docs(args.docs, run_dir)
             paths.append(args.docs)
     except ValueError as e:
         print(f"gpu_collect: {e}", file=sys.stderr)
         return 2
-    print(format_targets(read_jsonl(run_dir / "results.jsonl")))
+    if run_dir is not None:
+        print(format_targets(read_jsonl(run_dir / "results.jsonl")))
     shown = " ".join(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths)
-    print(f"\ncollected into {run_dir}\ncommit with:\n  git add {shown} && "
-          f"git commit -m \"bench: kernel results {run_dir.name}\"")
+    name = (run_dir or e2e_dir).name
+    print(f"\ncollected into {' and '.join(str(p) for p in (run_dir, e2e_dir) if p)}\ncommit with:\n"
+          f"  git add {shown} && git commit -m \"bench: results {name}\"")
     return 0
 
 

@@ -29,9 +29,12 @@ LIMIT = 64 << 20
 NEEDED_WHEELS = ("liger_kernel", "cut_cross_entropy")  # the kernel benchmark's baselines
 
 # One device call runs at most 600 s; the machine stays warm only ~30 s after a call, so issue them back to back.
-CALLS = (
-    ("tests,sm90", 300, "GPU kernel tests (compiled Triton), Hopper resource check"),
-    ("target", 570, "issue 2's target shapes with every baseline (the numbers that matter most)"),
+CALLS = (  # in order of priority: a session has 30 minutes of device time, the first three judge every target
+    ("sm90,tests,target", 570, "Hopper resource check, GPU kernel tests (compiled Triton), issue 2's target shapes "
+     "with every baseline"),
+    ("e2e,e2e-offload", 570, "issue 3: 2x1.7B joint fused vs reference (tokens/s, MFU), 2x4B frozen weak + "
+     "FSDP2 CPU offload at 8192 tokens"),
+    ("e2e-maxseq", 570, "issue 3: the longest sequence each path fits"),
     ("sweep-fwdbwd", 420, "the H x N grid, forward+backward, time-guarded"),
     ("sweep-score", 180, "the forward-only scoring grid, time-guarded"),
 )

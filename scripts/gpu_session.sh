@@ -13,6 +13,10 @@
 #                target        bench preset 'target' (issue 2's target shapes, all baselines)
 #                sweep-fwdbwd  bench preset 'sweep-fwdbwd' (Qwen3 H x N grid, fwd+bwd)
 #                sweep-score   bench preset 'sweep-score' (forward-only scoring grid)
+#                e2e           bench_e2e: 2x Qwen3-1.7B joint, fused vs reference path, AC off/on, 4096/8192
+#                e2e-maxseq    bench_e2e: the longest sequence each path fits (2x1.7B joint, AC on)
+#                e2e-offload   bench_e2e: 2x Qwen3-4B, weak frozen, FSDP2 CPU offload, 8192 tokens
+#              (an e2e stage's rows land in $OUT/e2e.jsonl; kernel and e2e stages can share a call)
 #   --budget   wall seconds for this whole invocation (default 540; one device call may run 600)
 #   --dry-run  CPU rehearsal of the same stages and commands: the benchmark in --cpu mode, the GPU tests
 #              (all skipped without CUDA), check_sm90.py byte-compiled only (WDL_DRY_RUN_FULL=1: the real
@@ -20,9 +24,11 @@
 #              Writes to $OUT if set, else a fresh /tmp directory.
 # Environment: PYTHON (default python3), WDL_WHEELS (default .whl), WDL_SITE (default /tmp/site),
 #              WDL_KERNEL_TESTS (default tests/kernels), WDL_BENCH_EXTRA (extra bench_kernel.py arguments),
-#              WDL_SKIP_DONE (default .gpu/done.jsonl: results of earlier calls, not measured again).
+#              WDL_SKIP_DONE (default .gpu/done.jsonl: results of earlier calls, not measured again),
+#              WDL_E2E_EXTRA (extra bench_e2e.py arguments).
 # Files in $OUT (at most 8 come back): results.csv results.jsonl summary.md kernel_bench.png session.log
-#                                      pytest_gpu.log check_sm90.json
+#                                      pytest_gpu.log check_sm90.json; e2e stages: e2e.csv e2e.jsonl e2e.png
+#                                      e2e_summary.md (give them a call of their own)
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,8 +49,9 @@ done
 case "$BUDGET" in ''|*[!0-9]*) echo "gpu_session: --budget must be whole seconds, got '$BUDGET'" >&2; exit 2 ;; esac
 for s in ${STAGES//,/ }; do
     case "$s" in
-        tests|tests-all|sm90|target|sweep-fwdbwd|sweep-score) ;;
-        *) echo "gpu_session: unknown stage '$s'; choose from tests,tests-all,sm90,target,sweep-fwdbwd,sweep-score" >&2
+        tests|tests-all|sm90|target|sweep-fwdbwd|sweep-score|e2e|e2e-maxseq|e2e-offload) ;;
+        *) echo "gpu_session: unknown stage '$s'; choose from tests,tests-all,sm90,target,sweep-fwdbwd,sweep-score," \
+                "e2e,e2e-maxseq,e2e-offload" >&2
            exit 2 ;;
     esac
 done
@@ -62,6 +69,7 @@ if [ "$DRY" = 1 ] && [ -z "${WDL_SITE:-}" ]; then   # a throw-away install targe
     trap 'rm -rf "$SITE"' EXIT
 fi
 BENCH_EXTRA="${WDL_BENCH_EXTRA:-}"
+E2E_EXTRA="${WDL_E2E_EXTRA:-}"
 KERNEL_TESTS="${WDL_KERNEL_TESTS:-tests/kernels}"
 DONE="${WDL_SKIP_DONE:-$ROOT/.gpu/done.jsonl}"   # rows returned by earlier calls (scripts/gpu_prepare.py --done)
 declare -A STATUS=()
@@ -143,6 +151,30 @@ stage_bench() {
         --time-budget "$soft" --no-table "${resume[@]}" $BENCH_EXTRA
 }
 
+stage_e2e() {
+    # Issue 3's targets. Rows are appended as they are measured, so a stage cut by its time guard keeps what it
+    # measured; the report at the end of the call is built from $OUT/e2e.jsonl either way.
+    local args=()
+    case "$1" in
+        e2e) args=(--modes joint --paths fused,reference --ac 0,1 --micro-batch 1) ;;
+        e2e-maxseq) args=(--modes joint --paths fused,reference --ac 1 --max-seq-only) ;;
+        e2e-offload) args=(--modes joint_frozen --paths fused --ac 1 --backend fsdp2 --fsdp-cpu-offload) ;;
+    esac
+    if [ "$DRY" = 1 ]; then
+        args+=(--cpu --seq 32 --warmup 0 --steps 1)
+    else
+        case "$1" in
+            e2e) args+=(--models 1.7b --seq 4096,8192) ;;
+            e2e-maxseq) args+=(--models 1.7b --seq-granularity 4096) ;;
+            e2e-offload) args+=(--models 4b --seq 8192 --warmup 1 --steps 3) ;;
+        esac
+    fi
+    local hard=$(( $(remaining) - 45 ))
+    if [ $hard -lt 60 ]; then echo "not enough time left for $1"; return 3; fi
+    # shellcheck disable=SC2086  # E2E_EXTRA is a list of words on purpose
+    timeout "$hard" "$PY" bench/bench_e2e.py "${args[@]}" --out "$OUT" --no-plot $E2E_EXTRA
+}
+
 main() {
     local order=() rc
     setup; rc=$?
@@ -155,6 +187,7 @@ main() {
             tests-all) stage_tests ;;
             sm90) stage_sm90 ;;
             target|sweep-fwdbwd|sweep-score) stage_bench "$s" ;;
+            e2e|e2e-maxseq|e2e-offload) stage_e2e "$s" ;;
         esac
         rc=$?
         STATUS[$s]=$rc; order+=("$s")
@@ -168,7 +201,13 @@ main() {
     if [ -f "$OUT/results.jsonl" ]; then
         say "results ($OUT)"
         "$PY" bench/plot.py "$OUT/results.jsonl" --out "$OUT" || worst=1
-    else
+    fi
+    if [ -f "$OUT/e2e.jsonl" ]; then
+        say "end-to-end results ($OUT)"
+        rm -f "$OUT"/e2e_summary_*.md   # per-stage summaries (in session.log): one over all rows replaces them
+        "$PY" bench/bench_e2e.py --report "$OUT/e2e.jsonl" --out "$OUT" || worst=1
+    fi
+    if [ ! -f "$OUT/results.jsonl" ] && [ ! -f "$OUT/e2e.jsonl" ]; then
         echo "no benchmark results in $OUT"
     fi
     return $worst

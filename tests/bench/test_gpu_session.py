@@ -139,6 +139,46 @@ def test_collect_rewrites_only_the_marked_docs_section(tmp_path, gpu_collect):
         gpu_collect.update_docs(docs, run_dir)
 
 
+@pytest.fixture(scope="module")
+def e2e_dry_run(tmp_path_factory):
+    """The end-to-end stages rehearsed in one call (tiny shapes on the CPU)."""
+    tmp = tmp_path_factory.mktemp("gpu_session_e2e")
+    out = tmp / "out"
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, WDL_WHEELS=str(tmp / "no-wheels"))
+    res = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--stages", "e2e-maxseq,e2e-offload", "--budget", "400"],
+                         cwd=tmp, env=env, capture_output=True, text=True, timeout=400)
+    return res, out
+
+
+def test_e2e_stages_record_rows_and_judge_the_targets(e2e_dry_run, tmp_path, gpu_collect, capsys):
+    from bench.bench_e2e import COLUMNS as E2E_COLUMNS
+
+    res, out = e2e_dry_run
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    for stage in ("e2e-maxseq", "e2e-offload"):
+        assert re.search(rf"^  {stage}\s+rc=0$", res.stdout, re.M), stage
+    assert sorted(p.name for p in out.iterdir()) == ["e2e.csv", "e2e.jsonl", "e2e.png", "e2e_summary.md",
+                                                     "session.log"]
+    rows = read_jsonl(out / "e2e.jsonl")
+    assert all(set(r) == set(E2E_COLUMNS) for r in rows)
+    assert {(r["kind"], r["path"]) for r in rows if r["mode"] == "joint"} == {("max_seq", "fused"),
+                                                                               ("max_seq", "reference")}
+    (off,) = [r for r in rows if r["mode"] == "joint_frozen"]
+    assert off["status"] == "ok" and off["backend"] == "fsdp2" and off["fsdp_cpu_offload"] is True
+    # a CPU rehearsal measures none of the GPU targets, and says so
+    summary = (out / "e2e_summary.md").read_text()
+    assert summary.count("| not measured |") == 4 and "PASS" not in summary
+    assert res.stdout.strip().splitlines()[-1].endswith("| not measured |")
+    dest = tmp_path / "results"
+    assert gpu_collect.main([str(out), "--dest", str(dest / "k"), "--e2e-dest", str(dest / "e"), "--allow-cpu"]) == 0
+    assert "git add" in capsys.readouterr().out
+    assert not (dest / "k").exists()  # no kernel rows in this call
+    (run_dir,) = (dest / "e" / "cpu").iterdir()
+    assert {p.name for p in run_dir.iterdir()} == {"e2e.csv", "e2e.jsonl", "e2e.png", "e2e_summary.md",
+                                                   "session.log"}
+    assert read_jsonl(run_dir / "e2e.jsonl") == rows
+
+
 @pytest.mark.parametrize("args,msg", [(["--stages", "tests,bogus"], "unknown stage 'bogus'"),
                                       (["--budget", "ten"], "whole seconds"),
                                       (["--frobnicate"], "unknown argument")])
@@ -188,6 +228,6 @@ def test_prepare_stamps_the_source_and_remembers_returned_rows(tmp_path, capsys)
         assert exclude.count("/.gpu/") == 1 and exclude.count("/.whl/") == 1
         assert git("status", "--porcelain").stdout.strip() == "M f.txt"  # .gpu/ stays out of git
         out = capsys.readouterr().out
-        assert "lacks liger_kernel" in out and "gpu_session.sh --stages target" in out
+        assert "lacks liger_kernel" in out and "gpu_session.sh --stages sm90,tests,target" in out
     finally:
         gpu_prepare.ROOT = ROOT

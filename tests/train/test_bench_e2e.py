@@ -51,3 +51,47 @@ def test_qwen3_shapes_give_the_published_parameter_counts(bench):
             m = AutoModelForCausalLM.from_config(bench.qwen3_config(name, bench.QWEN3_VOCAB, "sdpa"))
         n = sum(p.numel() for p in m.parameters()) / 1e9
         assert n == pytest.approx(billions, abs=0.002), name
+
+
+def _row(bench, **kw):
+    r = dict.fromkeys(bench.COLUMNS)
+    r.update(device_type="cuda", status="ok", model="1.7b", mode="joint", micro_batch=1,
+             activation_checkpointing=True, offload_optimizer=False, fsdp_cpu_offload=False)
+    r.update(kw)
+    return r
+
+
+def test_target_verdicts_come_from_measured_gpu_rows_only(bench):
+    # synthetic rows (test-only values) for each target, once passing and once failing
+    passing = [_row(bench, kind="max_seq", path="fused", seq_len=65536),
+               _row(bench, kind="max_seq", path="reference", seq_len=8192),
+               _row(bench, kind="throughput", path="fused", seq_len=8192, tokens_per_s=2600.0, mfu=0.45),
+               _row(bench, kind="throughput", path="reference", seq_len=8192, tokens_per_s=2000.0, mfu=0.3),
+               _row(bench, kind="throughput", path="fused", seq_len=4096, tokens_per_s=9000.0, mfu=0.41),
+               _row(bench, kind="throughput", path="fused", model="4b", mode="joint_frozen", seq_len=8192,
+                    backend="fsdp2", fsdp_cpu_offload=True, tokens_per_s=500.0)]
+    text = bench.format_targets(passing)
+    assert text.count("| PASS |") == 4, text
+    assert "65536 vs 8192" in text and "2600 vs 2000 tok/s at 8192" in text and "45.0% at 8192" in text
+
+    failing = [dict(r) for r in passing]
+    failing[0]["seq_len"] = 16384  # 2x, not 4x
+    failing[2].update(tokens_per_s=2100.0, mfu=0.2)
+    failing[4]["mfu"] = 0.3
+    failing[5].update(status="oom", tokens_per_s=None)
+    text = bench.format_targets(failing)
+    assert text.count("| FAIL |") == 4, text
+    assert "| OOM |" in text
+
+    cpu = [dict(r, device_type="cpu") for r in passing]
+    assert bench.format_targets(cpu).count("| not measured |") == 4
+
+
+def test_report_rebuilds_the_summary_from_recorded_rows(bench, tmp_path, capsys):
+    assert bench.main(["--cpu", "--modes", "sft", "--paths", "fused", "--seq", "32", "--steps", "1", "--warmup", "0",
+                       "--out", str(tmp_path), "--no-plot"]) == 0
+    assert bench.main(["--report", str(tmp_path / "e2e.jsonl"), "--out", str(tmp_path)]) == 0
+    assert "| tiny | sft | 32 |" in (tmp_path / "e2e_summary.md").read_text()
+    assert (tmp_path / "e2e.png").stat().st_size > 0
+    assert bench.main(["--report", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
