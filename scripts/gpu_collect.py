@@ -70,9 +70,11 @@ def _run_dir(rows: list[dict], dest_root: Path, allow_cpu: bool) -> Path:
     return run_dir
 
 
-def collect(sources: list[Path], dest_root: Path, allow_cpu: bool = False) -> Path | None:
-    """The kernel rows (results.jsonl) of the sources into one run directory; None when no source has any."""
-    rows = _read_rows(sources, "results.jsonl", kernel_columns(), "kernel")
+def _collect(sources: list[Path], dest_root: Path, allow_cpu: bool, results_file: str, columns: tuple[str, ...],
+             what: str, finish) -> Path | None:
+    """The `results_file` rows of the sources into one new run directory, written under a temporary name and
+    renamed when complete; `finish(rows, dir)` adds the plot and summary. None when no source has such rows."""
+    rows = _read_rows(sources, results_file, columns, what)
     if not rows:
         return None
     run_dir = _run_dir(rows, dest_root, allow_cpu)
@@ -80,10 +82,9 @@ def collect(sources: list[Path], dest_root: Path, allow_cpu: bool = False) -> Pa
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        ResultsWriter(tmp, kernel_columns()).append(rows)
-        _copy_logs(sources, "results.jsonl", tmp)
-        plot(rows, tmp / "kernel_bench.png")
-        write_summary(rows, tmp / "summary.md")
+        ResultsWriter(tmp, columns, stem=results_file.partition(".")[0]).append(rows)
+        _copy_logs(sources, results_file, tmp)
+        finish(rows, tmp)
         tmp.rename(run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -101,27 +102,24 @@ def _copy_logs(sources: list[Path], results_file: str, dest: Path) -> None:
                 shutil.copyfile(src / log, dest / (f"{stem}-{i}{dot}{ext}" if len(calls) > 1 else log))
 
 
+def collect(sources: list[Path], dest_root: Path, allow_cpu: bool = False) -> Path | None:
+    """The kernel rows (results.jsonl): results.csv, kernel_bench.png and summary.md over all of them."""
+    def finish(rows, out):
+        plot(rows, out / "kernel_bench.png")
+        write_summary(rows, out / "summary.md")
+
+    return _collect(sources, dest_root, allow_cpu, "results.jsonl", kernel_columns(), "kernel", finish)
+
+
 def collect_e2e(sources: list[Path], dest_root: Path, allow_cpu: bool = False) -> Path | None:
-    """The end-to-end rows (e2e.jsonl) of the sources into one run directory; None when no source has any."""
+    """The end-to-end rows (e2e.jsonl): e2e.csv, e2e.png and e2e_summary.md (with issue 3's target verdicts)."""
     from bench.bench_e2e import report
 
-    rows = _read_rows(sources, "e2e.jsonl", e2e_columns(), "end-to-end")
-    if not rows:
-        return None
-    run_dir = _run_dir(rows, dest_root, allow_cpu)
-    tmp = run_dir.with_name(f".{run_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        ResultsWriter(tmp, e2e_columns(), stem="e2e").append(rows)
-        _copy_logs(sources, "e2e.jsonl", tmp)
-        if report(tmp / "e2e.jsonl", tmp) != 0:
+    def finish(rows, out):
+        if report(out / "e2e.jsonl", out) != 0:
             raise ValueError("could not summarise the end-to-end rows")
-        tmp.rename(run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return run_dir
+
+    return _collect(sources, dest_root, allow_cpu, "e2e.jsonl", e2e_columns(), "end-to-end", finish)
 
 
 def update_docs(docs: Path, run_dir: Path) -> None:
