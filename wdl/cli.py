@@ -149,7 +149,7 @@ def _dispatch(args) -> int:
     if args.command == "weights" and (args.scores_dir or args.out_dir):
         if not (args.scores_dir and args.out_dir):
             raise ValueError("--scores-dir and --out-dir go together")
-        from wdl.pipeline import compute_weights
+        from wdl.weights_phase import compute_weights
 
         cfg = _load(args)
         print(compute_weights(cfg.sampling, args.scores_dir, args.out_dir,

@@ -27,7 +27,6 @@ import dataclasses
 import fnmatch
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from wdl.config import PipelineConfig, diff, dump_yaml, to_dict
-from wdl.io import atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from wdl.io import atomic_directory, atomic_write_json, atomic_write_text
 
 PHASES = (
     "data",
@@ -393,6 +392,8 @@ class Pipeline:
 
     def phase_weights(self) -> None:
         if self.ranks.is_main:
+            from wdl.weights_phase import compute_weights
+
             summary = compute_weights(self.cfg.sampling, self.paths["scores"], self.paths["sampling"],
                                       brownboost=self.cfg.sampling.scheme == "brownboost")
             self.console.print(summary)
@@ -489,7 +490,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------- report
     def collect_report(self) -> dict:
-        from wdl.report import read_jsonl, training_summary
+        from wdl.report import environment, read_jsonl, training_summary
 
         timings, phases = {}, {}
         for p in sorted(self.paths["markers"].glob("*.json")):
@@ -521,7 +522,8 @@ class Pipeline:
         }
 
     def write_report(self, *, print_summary: bool = False) -> dict:
-        from wdl.report import plot_training, print_summary as show, write_report
+        from wdl.report import plot_training, write_report
+        from wdl.report import print_summary as show
 
         report = self.collect_report()
         logs = report.pop("_logs")
@@ -531,84 +533,6 @@ class Pipeline:
             show(report, self.console)
             self.console.print(f"report: {self.out / 'report.md'}  ({self.out / 'report.json'})")
         return report
-
-
-def compute_weights(sampling, scores_dir: Path, out_dir: Path, *, brownboost: bool = False) -> str:
-    """Merge the score files by idx, compute the sampling weights, resample; write weights.jsonl and
-    resampled.json under `out_dir`; return the human-readable summary."""
-    import numpy as np
-
-    from wdl.sampling import brownboost_weights, resample, sampling_weights
-    from wdl.scoring import read_scores
-
-    names = ["base", "sft", *(["third"] if brownboost else [])]
-    tables = {}
-    for n in names:
-        path = scores_dir / f"{n}.jsonl"
-        if not path.is_file():
-            raise PipelineError(f"{path} is missing: it is produced by phase 'score_{n}'")
-        tables[n] = read_scores(path)
-    ids = sorted(tables["base"])
-    for n in names[1:]:
-        if set(tables[n]) != set(ids):
-            only = sorted(set(tables[n]) ^ set(ids))[:5]
-            raise PipelineError(f"scores/{n}.jsonl and scores/base.jsonl cover different samples (e.g. idx {only})")
-    h = {n: np.array([tables[n][i]["entropy"] for i in ids], dtype=np.float64) for n in names}
-    if brownboost:
-        b = sampling.brownboost
-        p = brownboost_weights(
-            h["base"], h["sft"], h["third"], alpha=sampling.alpha, beta=sampling.beta, gamma=sampling.gamma,
-            easy_quantile=b.easy_quantile, hard_quantile=b.hard_quantile, patience=b.patience,
-            easy_patience=b.easy_patience, lambda_time=b.lambda_time, lambda_easy=b.lambda_easy,
-        )
-    else:
-        p = sampling_weights(h["base"], h["sft"], sampling.scheme, sampling.alpha, sampling.beta, sampling.gamma)
-    rows = []
-    for k, i in enumerate(ids):
-        row = {"idx": i}
-        for n in names:
-            for field in ("entropy", "nll", "margin", "n_tokens"):
-                if field in tables[n][i]:
-                    row[f"{field}_{n}"] = tables[n][i][field]
-        row["p"] = float(p[k])
-        rows.append(row)
-    atomic_write_jsonl(out_dir / "weights.jsonl", rows)
-    size = sampling.size if sampling.size is not None else max(1, round(sampling.multiplier * len(ids)))
-    r = resample(np.array(ids), p, size, seed=sampling.seed, dedup=sampling.dedup)
-    atomic_write_json(
-        out_dir / "resampled.json",
-        {"scheme": sampling.scheme, "n_source": len(ids), "n_drawn": r.n_drawn, "n_unique": r.n_unique,
-         "n_duplicates": r.n_duplicates, "dedup": r.dedup, "n_selected": int(r.ids.size),
-         "ids": [int(i) for i in r.ids]},
-        indent=None,
-    )
-    return f"sampling weights ({sampling.scheme}) over {len(ids)} samples; {r.summary()}"
-
-
-def environment() -> dict[str, str]:
-    import torch
-    import transformers
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
-    }
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=10)
-        if commit.returncode == 0:
-            env["wdl commit"] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        import vllm  # noqa: F401
-
-        env["vllm"] = vllm.__version__
-    except Exception:  # noqa: BLE001 - optional, and importing it can fail in many ways
-        pass
-    return env
 
 
 def _main(argv: list[str]) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -217,3 +220,30 @@ def print_summary(report: Mapping[str, Any], console=None) -> None:
             t.add_row(p, _fmt_seconds(s))
         t.add_row("total", _fmt_seconds(sum(timings.values())), style="bold")
         console.print(t)
+
+
+def environment() -> dict[str, str]:
+    """Versions, device and commit of this run, for report.json."""
+    import torch
+    import transformers
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+    }
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode == 0:
+            env["wdl commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import vllm  # noqa: F401
+
+        env["vllm"] = vllm.__version__
+    except Exception:  # noqa: BLE001 - optional, and importing it can fail in many ways
+        pass
+    return env

@@ -11,7 +11,8 @@ import pytest
 from wdl.cli import main
 from wdl.config import BrownBoostConfig, SamplingConfig
 from wdl.io import atomic_write_jsonl
-from wdl.pipeline import PipelineError, compute_weights
+from wdl.pipeline import PipelineError
+from wdl.weights_phase import compute_weights
 from wdl.sampling import brownboost_weights, sampling_weights
 
 IDS = [7, 3, 11, 5, 9, 1]  # unsorted, not contiguous: merging is by idx, not by position
