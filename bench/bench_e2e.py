@@ -373,17 +373,15 @@ def format_targets(rows: list[dict]) -> str:
         f"{f['seq_len']} vs {r['seq_len']}" if f and r else "-",
         f["seq_len"] >= 4 * r["seq_len"] if f and r else None)
     # tokens/s at each path's best fitting setting, at the longest length both paths ran
-    both = sorted({x["seq_len"] for x in ok if x["kind"] == "throughput" and x["model"] == "1.7b"
-                   and x["mode"] == "joint" and x["path"] == "fused"}
-                  & {x["seq_len"] for x in ok if x["kind"] == "throughput" and x["model"] == "1.7b"
-                     and x["mode"] == "joint" and x["path"] == "reference"})
+    joint = {p: [x for x in ok if x["kind"] == "throughput" and x["path"] == p
+                 and (x["model"], x["mode"]) == ("1.7b", "joint")] for p in PATHS}
+    both = sorted({x["seq_len"] for x in joint["fused"]} & {x["seq_len"] for x in joint["reference"]})
     f = best("throughput", "fused", seq_len=both[-1], **j) if both else None
     r = best("throughput", "reference", seq_len=both[-1], **j) if both else None
     add("2x1.7B joint: tokens/s >= 1.3x the reference path's (best settings)",
         f"{f['tokens_per_s']:.0f} vs {r['tokens_per_s']:.0f} tok/s at {both[-1]}" if f and r else "-",
         f["tokens_per_s"] >= 1.3 * r["tokens_per_s"] if f and r else None)
-    fm = [x for x in ok if x["kind"] == "throughput" and x["path"] == "fused" and x["model"] == "1.7b"
-          and x["mode"] == "joint" and x.get("mfu") is not None]
+    fm = [x for x in joint["fused"] if x.get("mfu") is not None]
     top = max(fm, key=lambda x: x["mfu"]) if fm else None
     add("2x1.7B joint: MFU >= 40%", f"{100 * top['mfu']:.1f}% at {top['seq_len']}" if top else "-",
         top["mfu"] >= 0.40 if top else None)
