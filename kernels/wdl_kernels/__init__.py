@@ -14,3 +14,12 @@ from .stats import MixedCEStats
 
 __all__ = ["MixedCEOutput", "MixedCEStats", "MixedLinearCrossEntropy", "mixed_linear_cross_entropy"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `wdl_kernels.hf` needs transformers: imported on first use, so `import wdl_kernels` stays torch + triton only.
+    if name == "hf":
+        import importlib
+
+        return importlib.import_module(".hf", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
