@@ -110,10 +110,6 @@ class MixedCausalLM(PreTrainedModel):
         for model in (self.strong, self.weak):
             find_causal_lm(model).activation_checkpointing_disable()
 
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        return bool(getattr(self.strong, "is_gradient_checkpointing", False))
-
     def forward(self, input_ids=None, attention_mask=None, labels=None, num_items_in_batch=None, fused_lm_head=False,
                 return_logits=False, **kwargs):
         # shift_labels stays in **kwargs: Trainer takes every forward parameter named *label* for a label column.
