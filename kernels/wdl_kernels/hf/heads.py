@@ -203,8 +203,8 @@ def register_zero3_externals(owner: nn.Module, weights: list[torch.Tensor]) -> N
     todo = [w for w in weights if hasattr(w, "ds_id") and w.ds_id not in done]
     if not todo:
         return
-    from deepspeed.zero import register_external_parameter
+    import deepspeed  # only ZeRO-3 parameters (ds_id) get here
 
     for w in todo:
-        register_external_parameter(owner, w)
+        deepspeed.zero.register_external_parameter(owner, w)
         done.add(w.ds_id)

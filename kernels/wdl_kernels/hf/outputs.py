@@ -16,6 +16,10 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 
+# transformers 5 renamed past_key_values to cache
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 @dataclass
 class FusedCausalLMOutput(CausalLMOutputWithPast):
     """`CausalLMOutputWithPast` whose loss came from the fused kernel. `logits` is None unless asked for.

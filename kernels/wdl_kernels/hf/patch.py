@@ -22,7 +22,7 @@ from torch import nn
 from .heads import (HeadTerm, check_router_loss, check_unsharded, head_terms, logit_transform, lora_term,
                     merge_logit_options, register_zero3_externals)
 from .loss import check_options, fused_next_token_loss, next_token_targets
-from .outputs import FusedCausalLMOutput, trl_output
+from .outputs import CACHE_FIELD, FusedCausalLMOutput, trl_output
 
 TRL_KEY = "_wdl_fused_lm_head"  # what the pre-hook renames TRL's `fused_lm_head=True` to
 _STATE = "_wdl_fused_loss"
@@ -157,9 +157,9 @@ def _fused_forward(self, kwargs, labels, shift_labels, num_items_in_batch, trl, 
     if trl:
         return trl_output(fused, shifted=shift_labels is not None)
     logits = head_logits(self, hidden) if want_logits else None
-    result = FusedCausalLMOutput(loss=fused.loss, logits=logits, cache=getattr(out, "cache", None),
-                                 hidden_states=getattr(out, "hidden_states", None),
-                                 attentions=getattr(out, "attentions", None), token_stats=fused.stats)
+    result = FusedCausalLMOutput(loss=fused.loss, logits=logits, hidden_states=getattr(out, "hidden_states", None),
+                                 attentions=getattr(out, "attentions", None), token_stats=fused.stats,
+                                 **{CACHE_FIELD: getattr(out, CACHE_FIELD, None)})
     return result if return_dict else result.to_tuple()
 
 
