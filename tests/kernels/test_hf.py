@@ -183,8 +183,13 @@ def test_unsupported_models_and_options_are_clear_errors():
     with pytest.raises(ValueError, match="router load-balancing loss"):
         apply_fused_loss(moe)
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
-    prepared = Accelerator(cpu=True, mixed_precision="bf16").prepare_model(tiny_model(True))
+    AcceleratorState._reset_state(True)  # a Trainer earlier in this process fixed another mixed precision
+    try:
+        prepared = Accelerator(cpu=True, mixed_precision="bf16").prepare_model(tiny_model(True))
+    finally:
+        AcceleratorState._reset_state(True)  # as transformers' own tests and Trainer do
     with pytest.raises(ValueError, match="already wrapped by accelerate"):
         apply_fused_loss(prepared)
     ids, labels, _ = padded_batch()
