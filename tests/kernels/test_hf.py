@@ -91,6 +91,22 @@ def test_without_labels_the_forward_is_the_stock_one():
     assert torch.equal(model.generate(ids[:1, :6], **kw), stock.generate(ids[:1, :6], **kw))
 
 
+def test_a_deepcopy_is_a_patched_model_of_its_own():
+    import copy
+
+    ids, labels, mask = padded_batch(7)
+    model = apply_fused_loss(tiny_model(True), impl="torch")
+    twin = copy.deepcopy(model)  # as TRL builds reference models
+    with torch.no_grad():
+        twin.model.norm.weight.mul_(3.0)
+    stock_twin = tiny_model(True)
+    stock_twin.load_state_dict(twin.state_dict())
+    torch.testing.assert_close(twin(input_ids=ids, attention_mask=mask).logits,
+                               stock_twin(input_ids=ids, attention_mask=mask).logits)
+    torch.testing.assert_close(twin(input_ids=ids, attention_mask=mask, labels=labels).loss,
+                               stock_twin(input_ids=ids, attention_mask=mask, labels=labels).loss, rtol=1e-5, atol=1e-6)
+
+
 def test_logits_on_request_and_tuple_outputs():
     ids, labels, mask = padded_batch(4)
     stock = tiny_model(False)

@@ -95,9 +95,12 @@ def apply_fused_loss(model: nn.Module, *, ignore_index: int = -100, stats: bool 
     if state is not None:  # patched before: new options, same wrapped forward
         state.update(ignore_index=ignore_index, stats=stats, return_logits=return_logits, options=options)
         return model
+    # The forward in place now (the class's, or a wrapper such as TRL's), kept unbound: a deepcopy of the model
+    # (TRL's reference models) then calls it on the copy, not on this instance.
     previous = hf_model.forward
+    previous = previous.__func__ if getattr(previous, "__self__", None) is hf_model else previous
     hf_model.__dict__[_STATE] = dict(ignore_index=ignore_index, stats=stats, return_logits=return_logits,
-                                     options=options)
+                                     options=options, previous=previous)
 
     # The class forward's signature stays visible (generate() and Trainer inspect it); its **kwargs carries ours.
     @functools.wraps(type(hf_model).forward)
@@ -113,7 +116,9 @@ def apply_fused_loss(model: nn.Module, *, ignore_index: int = -100, stats: bool 
             if trl:
                 raise ValueError("fused_lm_head=True needs labels (or shift_labels) and logits_to_keep=0")
             extra = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items_in_batch}
-            return previous(**kwargs, **{k: v for k, v in extra.items() if v is not None})
+            kwargs.update({k: v for k, v in extra.items() if v is not None})
+            previous = self.__dict__[_STATE]["previous"]
+            return previous(self, **kwargs) if isinstance(previous, types.FunctionType) else previous(**kwargs)
         return _fused_forward(self, kwargs, labels, shift_labels, num_items_in_batch, trl, return_logits)
 
     hf_model.forward = types.MethodType(forward, hf_model)
@@ -122,12 +127,12 @@ def apply_fused_loss(model: nn.Module, *, ignore_index: int = -100, stats: bool 
         register_trl_route(model)  # e.g. a PeftModel, whose forward calls the inner forward directly
     for owner in {id(hf_model): hf_model, id(model): model}.values():
         # prepend: registered before DeepSpeed's own pre-forward hook runs, whenever deepspeed.initialize came
-        owner.register_forward_pre_hook(functools.partial(_zero3_pre_hook, hf_model), prepend=True)
+        owner.register_forward_pre_hook(_zero3_pre_hook, prepend=True)
     return model
 
 
-def _zero3_pre_hook(hf_model, module, args):
-    weights = _head_weights(*head_terms(hf_model))
+def _zero3_pre_hook(module, args):
+    weights = _head_weights(*head_terms(find_causal_lm(module)))
     if any(hasattr(w, "ds_id") for w in weights):
         register_zero3_externals(module, weights)
 
