@@ -41,13 +41,13 @@ def test_loss_and_grads_equal_the_wdl_joint_step():
         torch.testing.assert_close(got.token_stats[name][valid], want[valid], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("frozen", [False, True])
-def test_stock_trainer_equals_wdl_joint_steps(frozen, tmp_path):
+@pytest.mark.parametrize("frozen,bf16", [(False, False), (True, False), (False, True)])
+def test_stock_trainer_equals_wdl_joint_steps(frozen, bf16, tmp_path):
     """Two optimizer steps, each one epoch of 4 samples (2 micro-batches): the gradient is order-independent."""
     data = rows(4, seed=6)
     mixed = MixedCausalLM(*pair(), lam=LAM, freeze_weak=frozen, impl="torch")
-    trainer = Trainer(model=mixed, args=training_args(num_train_epochs=2, max_steps=-1, output_dir=str(tmp_path)),
-                      train_dataset=data, data_collator=collate)
+    args = training_args(num_train_epochs=2, max_steps=-1, output_dir=str(tmp_path), bf16=bf16)
+    trainer = Trainer(model=mixed, args=args, train_dataset=data, data_collator=collate)
     trainer.train()
     logs = train_logs(trainer)
     # the wdl joint step by hand: summed loss / label tokens, clip to 1.0, SGD lr 0.1
@@ -57,18 +57,21 @@ def test_stock_trainer_equals_wdl_joint_steps(frozen, tmp_path):
     trainable = [p for p in joint.parameters() if p.requires_grad]
     for step in range(2):
         joint.zero_grad()
-        loss = joint(batch["input_ids"], shifted).loss / (shifted != -100).sum()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # what wdl's loop does for bf16
+            loss = joint(batch["input_ids"], shifted).loss / (shifted != -100).sum()
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         with torch.no_grad():
             for p in trainable:
                 p -= 0.1 * p.grad
-        assert len(logs) == 2 and logs[step]["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
-        assert logs[step]["grad_norm"] == pytest.approx(float(norm), rel=1e-4)
+        # bf16: one padded batch here, two micro-batches there: the bf16 decoder rounds differently
+        rel = 2e-3 if bf16 else 1e-5
+        assert len(logs) == 2 and logs[step]["loss"] == pytest.approx(float(loss.detach()), rel=rel)
+        assert logs[step]["grad_norm"] == pytest.approx(float(norm), rel=10 * rel)
     want, have = params(joint), params(mixed)
     assert want.keys() == have.keys()
     for name in want:
-        torch.testing.assert_close(have[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(have[name], want[name], rtol=rel, atol=rel / 10, msg=name)
     assert torch.equal(mixed.weak.model.norm.weight, pair()[1].model.norm.weight) == frozen
     # Trainer's save path: the strong model as a plain HF checkpoint (a trained weak model beside it)
     trainer.save_model(str(tmp_path / "out"))
