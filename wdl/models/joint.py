@@ -136,4 +136,5 @@ def stats_from_logits(z: torch.Tensor, labels: torch.Tensor) -> MixedCEStats:
     return MixedCEStats(
         lse=lse, entropy=entropy, nll=torch.where(valid, lse - zy, zero), target_logit=torch.where(valid, zy, zero),
         margin=torch.where(valid, zy - others, zero), max_prob=torch.exp(z.amax(dim=1) - lse),
+        accuracy=(valid & (zy >= z.amax(dim=1))).float(),
     )
