@@ -87,13 +87,13 @@ def ranks_from_env() -> Ranks:
 def init_distributed(ranks: Ranks) -> None:
     """Join the process group torchrun / the DeepSpeed launcher set up (no-op for a single process)."""
     if ranks.world > 1:
-        from wdl.train.distributed import init_distributed as join
+        from wdl.distributed import init_distributed as join
 
         join()
 
 
 def barrier() -> None:
-    from wdl.train.distributed import barrier as train_barrier
+    from wdl.distributed import barrier as train_barrier
 
     train_barrier()
 
@@ -490,7 +490,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------- report
     def collect_report(self) -> dict:
-        from wdl.report import environment, read_jsonl, training_summary
+        from wdl.io import read_jsonl
+        from wdl.report import environment, training_summary
 
         timings, phases = {}, {}
         for p in sorted(self.paths["markers"].glob("*.json")):

@@ -7,7 +7,6 @@ the report can be rebuilt at any time from a finished or partial run directory.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -22,25 +21,6 @@ from wdl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 PLOTTED_METRICS = ("loss", "entropy", "margin")
 PLOTTED_PHASES = ("sft", "joint", "sft_continued")
 CONTINUES_SFT = ("joint", "sft_continued")
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (a writer killed mid-line) is ignored."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}:{i + 1}: not valid JSON") from None
-    return rows
 
 
 def metric_series(rows: Sequence[Mapping], metric: str) -> tuple[list[int], list[float]]:

@@ -6,8 +6,8 @@ preceding messages ends, and ends after the template's end-of-turn marker (e.g. 
 supervised so that the model learns to stop). Earlier turns are taken as the template renders them in the
 full conversation (Qwen3 drops their reasoning), which is what the model sees at inference.
 
-Output rows: idx, input_ids, labels (already shifted, see wdl/labels.py; the last position has no target), num_label_tokens,
-length.
+Output rows: idx, input_ids, labels (already shifted, see wdl/labels.py; the last position has no target),
+num_label_tokens, length.
 """
 
 from __future__ import annotations
