@@ -288,8 +288,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
 
 def build(cls: type, data: Mapping, path: str = "") -> Any:
     """Build dataclass `cls` from plain values, recursively; unknown/missing keys and bad types raise."""
-    lazy = getattr(cls, "__section_types__", None)
-    hints = typing.get_type_hints(cls, localns=lazy() if lazy else None)
+    hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():

@@ -45,7 +45,7 @@ def test_qwen3_shapes_give_the_published_parameter_counts(bench):
     import torch
     from transformers import AutoModelForCausalLM
 
-    expected = {"0.6b": 0.596, "1.7b": 1.721, "4b": 4.022, "8b": 8.191}  # reference/paper.md section 4.1
+    expected = {"0.6b": 0.596, "1.7b": 1.721, "4b": 4.022, "8b": 8.191}  # the Qwen3 model cards (billions)
     for name, billions in expected.items():
         with torch.device("meta"):
             m = AutoModelForCausalLM.from_config(bench.qwen3_config(name, bench.QWEN3_VOCAB, "sdpa"))

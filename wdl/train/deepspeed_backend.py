@@ -97,7 +97,7 @@ class DeepSpeedBackend(TrainBackend):
         if importlib.util.find_spec("accelerate") is None:  # transformers' ZeRO-3 loading path needs it
             raise ValueError("train.backend=deepspeed with zero_stage=3 loads models through transformers' ZeRO-3 "
                              "integration, which needs accelerate: pip install 'accelerate>=1.1'")
-        from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+        from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config  # slow import
 
         keep_alive = HfDeepSpeedConfig(deepspeed_config(self.cfg, self.compute_dtype))  # transformers keeps a weakref
         try:
