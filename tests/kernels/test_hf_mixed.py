@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, Trainer
 
 from tests.kernels.hf_common import V, collate, grads, params, rows, tiny_model, train_logs, training_args
-from wdl.models import JointModel
+from wdl.models import FusedMixedCrossEntropy, JointModel
 from wdl_kernels.hf import MixedCausalLM, token_metrics
 
 LAM = 0.3
@@ -22,7 +22,7 @@ def pair():
 def test_loss_and_grads_equal_the_wdl_joint_step():
     batch = collate(rows(4, seed=5))
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
-    joint = JointModel(*pair(), lam=LAM, kernel_impl="torch")
+    joint = JointModel(*pair(), lam=LAM, loss=FusedMixedCrossEntropy(impl="torch"))
     shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
     out = joint(ids, shifted)
     (out.loss / (shifted != -100).sum()).backward()  # wdl normalises the summed loss by the label-token count
@@ -51,7 +51,7 @@ def test_stock_trainer_equals_wdl_joint_steps(frozen, bf16, tmp_path):
     trainer.train()
     logs = train_logs(trainer)
     # the wdl joint step by hand: summed loss / label tokens, clip to 1.0, SGD lr 0.1
-    joint = JointModel(*pair(), lam=LAM, freeze_weak=frozen, kernel_impl="torch")
+    joint = JointModel(*pair(), lam=LAM, freeze_weak=frozen, loss=FusedMixedCrossEntropy(impl="torch"))
     batch = collate(data)
     shifted = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
     trainable = [p for p in joint.parameters() if p.requires_grad]

@@ -91,25 +91,21 @@ def fused_next_token_loss(
         if weak.bias is not None:
             kw["weak_bias"] = _cast(weak.bias, dtype)
     y = targets.to(device).reshape(-1)
-    if token_loss:
-        reduction = "none"
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(device)
+    if token_loss:  # per-token losses with grad (mode="fast" then runs lean: it needs a scalar upstream)
+        kw.update(reduction="none")
     else:
-        reduction = "sum" if num_items_in_batch is not None else "mean"
+        kw.update(reduction="sum" if num_items_in_batch is not None else "mean", num_items=num_items_in_batch)
     with torch.autocast(device.type, enabled=False):
         out = mixed_linear_cross_entropy(h, _cast(strong.weight, dtype), y, hw, ww, lam=lam, ignore_index=ignore_index,
-                                         reduction=reduction, return_stats=stats, **kw)
+                                         return_stats=stats, **kw)
     mask = targets.to(device) != ignore_index
     per_token = None
     loss = out.loss
     if token_loss:
         per_token = loss.view(b, t)
-        loss = loss.sum()
-        if num_items_in_batch is None:
-            loss = loss / mask.sum().clamp(min=1)
-    if num_items_in_batch is not None:
-        if torch.is_tensor(num_items_in_batch):
-            num_items_in_batch = num_items_in_batch.to(loss.device)
-        loss = loss / num_items_in_batch
+        loss = loss.sum() / (mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
     token_stats = None
     if stats:
         token_stats = {name: value.view(b, t) for name, value in out.stats._asdict().items()}
