@@ -74,7 +74,7 @@ def training_args(**overrides):
 
 
 def train_logs(trainer) -> list[dict]:
-    return [{k: h[k] for k in ("loss", "grad_norm", "entropy", "mean_token_accuracy") if k in h}
+    return [{k: h[k] for k in ("loss", "grad_norm", "entropy", "mean_token_accuracy", "num_tokens") if k in h}
             for h in trainer.state.log_history if "loss" in h]
 
 

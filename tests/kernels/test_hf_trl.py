@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 import wdl_kernels.hf.loss as hf_loss
-from tests.kernels.hf_common import assert_same_run, params, tiny_model, train_logs
+from tests.kernels.hf_common import assert_same_run, batch, params, tiny_model, train_logs
 from wdl.tiny import build_tokenizer
 from wdl_kernels.hf import MixedCausalLM, apply_fused_loss
 
@@ -54,17 +54,17 @@ def kernel_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("data,bf16,order", [("prompt_completion", False, "before"),
-                                             ("prompt_completion", True, "before"),
-                                             ("text", False, "after")])
-def test_sft_trainer_matches_stock_trl(request, tok, kernel_calls, data, bf16, order):
+@pytest.mark.parametrize("data,tied,bf16,order", [("prompt_completion", True, False, "before"),
+                                                  ("prompt_completion", True, True, "before"),
+                                                  ("text", False, False, "after")])
+def test_sft_trainer_matches_stock_trl(request, tok, kernel_calls, data, tied, bf16, order):
     dataset = request.getfixturevalue(data)
     padding_free = data == "text"
     vocab = len(tok)
-    stock = sft(tiny_model(True, vocab=vocab), tok, dataset, bf16=bf16, padding_free=padding_free)
+    stock = sft(tiny_model(tied, vocab=vocab), tok, dataset, bf16=bf16, padding_free=padding_free)
     stock.train()
     assert not kernel_calls  # stock TRL: its own fused head
-    model = tiny_model(True, vocab=vocab)
+    model = tiny_model(tied, vocab=vocab)
     if order == "before":
         apply_fused_loss(model, impl="torch")
     trainer = sft(model, tok, dataset, bf16=bf16, padding_free=padding_free)
@@ -73,7 +73,7 @@ def test_sft_trainer_matches_stock_trl(request, tok, kernel_calls, data, bf16, o
     trainer.train()
     assert len(kernel_calls) == 4  # every micro-batch's loss came from the wdl kernel
     logs = train_logs(trainer)
-    assert {"entropy", "mean_token_accuracy"} <= logs[0].keys()
+    assert {"entropy", "mean_token_accuracy", "num_tokens"} <= logs[0].keys()  # TRL's own metrics stay
     tol = dict(rtol=2e-3, atol=2e-4) if bf16 else dict(rtol=1e-5, atol=1e-6)
     assert_same_run(train_logs(stock), logs, params(stock.model), params(trainer.model), **tol)
 
@@ -107,3 +107,82 @@ def test_sft_trainer_trains_mixed_causal_lm(tok, prompt_completion, kernel_calls
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in strong.state_dict().items())
     moved = max(float((strong.state_dict()[k] - ref_strong.state_dict()[k]).abs().max()) for k in strong.state_dict())
     assert moved > 1e-3
+
+
+TRL_SETTINGS = {  # what TRL's trainers pass to add_fused_lm_head
+    "sft": dict(outputs=("log_probs", "entropy", "is_top1")),
+    "grpo": dict(temperature=0.7, outputs=("log_probs", "entropy")),
+    "fp32-head": dict(cast_lm_head_to_fp32=True, outputs=("log_probs", "entropy", "is_top1")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRL_SETTINGS))
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_fused_head_calls_equal_trls_own_head(name, order):
+    """A patched model answers model(..., fused_lm_head=True) as TRL's own fused head on the stock model would,
+    with the settings TRL installed it with (temperature, an fp32 head under bf16 autocast), in either order."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    settings = TRL_SETTINGS[name]
+    ids, labels = batch(11, b=3)
+    stock = tiny_model(False)
+    add_fused_lm_head(stock, **settings)
+    model = tiny_model(False)
+    if order == "before":
+        apply_fused_loss(model, impl="torch")
+    add_fused_lm_head(model, **settings)
+    if order == "after":
+        apply_fused_loss(model, impl="torch")
+    results = []
+    for m in (stock, model):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "fp32-head"):
+            out = m(input_ids=ids, labels=labels, fused_lm_head=True)
+        out.loss.backward()  # -mean log_probs
+        results.append((out, {n: p.grad for n, p in m.named_parameters()}))
+    (want, want_grads), (got, got_grads) = results
+    assert got.log_probs.dtype == want.log_probs.dtype == torch.float32
+    torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.log_probs, want.log_probs, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(got.entropy, want.entropy, rtol=1e-5, atol=2e-6)
+    assert torch.equal(got.label_mask, want.label_mask)
+    if want.is_top1 is not None:
+        assert torch.equal(got.is_top1, want.is_top1)
+    for n, g in want_grads.items():
+        torch.testing.assert_close(got_grads[n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_fused_head_calls_that_would_be_wrong_are_refused():
+    from trl.trainer.utils import add_fused_lm_head
+
+    ids, labels = batch(12)
+    dpo = apply_fused_loss(tiny_model(True), impl="torch")
+    add_fused_lm_head(dpo, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))  # as DPOTrainer does
+    with pytest.raises(ValueError, match=r"asks for \['mean_logits'\]"):
+        dpo(input_ids=ids, labels=labels, fused_lm_head=True)
+    smoothed = apply_fused_loss(tiny_model(True), impl="torch", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="label_smoothing=0.1 under a TRL trainer"):
+        smoothed(input_ids=ids, labels=labels, fused_lm_head=True)
+    capped = tiny_model(True)
+    capped.config.final_logit_softcapping = 30.0
+    apply_fused_loss(capped, impl="torch")
+    add_fused_lm_head(capped, temperature=0.7)
+    with pytest.raises(ValueError, match="soft-capped"):
+        capped(input_ids=ids, labels=labels, fused_lm_head=True)
+    mixed = MixedCausalLM(tiny_model(True), tiny_model(False, seed=1), lam=0.4, impl="torch", z_loss=1e-3)
+    with pytest.raises(ValueError, match="z_loss=0.001 under a TRL trainer"):
+        mixed(input_ids=ids, labels=labels, fused_lm_head=True)
+
+
+def test_mixed_causal_lm_takes_trls_temperature():
+    from trl.trainer.utils import add_fused_lm_head
+
+    ids, labels = batch(13)
+    strong, weak = tiny_model(True), tiny_model(False, seed=1)
+    mixed = MixedCausalLM(strong, weak, lam=0.4, impl="torch")
+    add_fused_lm_head(mixed, temperature=0.7, outputs=("log_probs", "entropy"))
+    out = mixed(input_ids=ids, labels=labels, fused_lm_head=True)
+    with torch.no_grad():
+        z = (0.4 * strong(input_ids=ids).logits + 0.6 * weak(input_ids=ids).logits)[:, :-1].double() / 0.7
+    target = labels[:, 1:]
+    want = torch.log_softmax(z, -1).gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)
+    torch.testing.assert_close(out.log_probs.double(), torch.where(target != -100, want, 0.0), rtol=1e-5, atol=2e-6)

@@ -73,13 +73,15 @@ def fused_next_token_loss(
     token_loss: bool = False,
     stats: bool = True,
     options: dict | None = None,
+    fp32: bool = False,
 ) -> FusedLoss:
     """Loss of z = lam * z_strong + (1 - lam) * z_weak (z_strong alone without `weak`); each HeadTerm's hidden
-    is [B, T, K]. `token_loss` keeps the per-token losses differentiable (TRL's fused-head protocol)."""
+    is [B, T, K]. `token_loss` keeps the per-token losses differentiable (TRL's fused-head protocol). `fp32`:
+    the head's inputs in float32 whatever the autocast (TRL's cast_lm_head_to_fp32)."""
     b, t = targets.shape
     hidden = strong.hidden
     device = strong.weight.device
-    dtype = _autocast_dtype(hidden.device) or hidden.dtype
+    dtype = torch.float32 if fp32 else _autocast_dtype(hidden.device) or hidden.dtype
     h = _cast(hidden.to(device).reshape(b * t, -1), dtype)
     kw = dict(options or {})
     if strong.bias is not None:

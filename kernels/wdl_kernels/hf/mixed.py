@@ -26,7 +26,7 @@ from .heads import (HeadTerm, check_router_loss, check_unsharded, head_terms, lo
                     register_zero3_externals)
 from .loss import check_options, fused_next_token_loss, next_token_targets
 from .outputs import FusedCausalLMOutput, trl_output
-from .patch import TRL_KEY, find_causal_lm, head_logits, register_trl_route
+from .patch import TRL_KEY, find_causal_lm, head_logits, register_trl_route, trl_call_options
 
 
 def _causal_lm(model, role: str) -> nn.Module:
@@ -138,9 +138,10 @@ class MixedCausalLM(PreTrainedModel):
         with torch.set_grad_enabled(weak_grad):
             hw = weak.base_model(**inputs, return_dict=True).last_hidden_state
         targets = next_token_targets(labels, shift_labels, ignore_index)
+        options, fp32_head = trl_call_options(self, self.options) if trl else (self.options, False)
         fused = fused_next_token_loss(HeadTerm(bs.weight, bs.bias, hs), HeadTerm(bw.weight, bw.bias, hw), targets,
                                       lam=self.lam, ignore_index=ignore_index, num_items_in_batch=num_items_in_batch,
-                                      token_loss=trl, stats=self.stats or trl, options=self.options)
+                                      token_loss=trl, stats=self.stats or trl, options=options, fp32=fp32_head)
         if trl:
             return trl_output(fused, shifted=shift_labels is not None)
         logits = None

@@ -10,12 +10,14 @@ TRL >= 1.16 trainers call `model(..., labels=, fused_lm_head=True)` and install 
 `model.forward` when the trainer is built. A forward pre-hook routes those calls to this forward instead
 (TRL's wrapper passes unknown keyword arguments through to the forward it wrapped), so TRL's `entropy` and
 `mean_token_accuracy` come from the wdl kernel, whichever of `apply_fused_loss` and `SFTTrainer(...)` came first.
+The settings TRL installed its head with are read from its wrapper (`trl_head_settings`) and honoured or refused.
 """
 
 from __future__ import annotations
 
 import functools
 import types
+from pathlib import Path
 
 from torch import nn
 
@@ -53,6 +55,60 @@ def register_trl_route(module: nn.Module) -> None:
     if not module.__dict__.get("_wdl_trl_route"):
         module.register_forward_pre_hook(route_trl_fused_head, with_kwargs=True, prepend=True)
         module._wdl_trl_route = True
+
+
+TRL_OUTPUTS = frozenset({"log_probs", "entropy", "is_top1"})  # the fields of TRLFusedHeadOutput computed here
+
+
+def trl_head_settings(module: nn.Module) -> dict:
+    """The settings (temperature, outputs, cast_lm_head_to_fp32) of the fused head TRL installed on `module`
+    (`trl.trainer.utils.add_fused_lm_head`), found in the forward chain: over or under this patch, or under
+    accelerate's autocast wrapper. Empty when TRL installed none (a direct `fused_lm_head=True` call)."""
+    state = module.__dict__.get(_STATE) or {}
+    todo = [module.__dict__.get("forward"), module.__dict__.get("_original_forward"), state.get("previous")]
+    seen = set()
+    for fn in todo:
+        for _ in range(16):
+            fn = getattr(fn, "__func__", fn)
+            if fn is None or id(fn) in seen:
+                break
+            seen.add(id(fn))
+            code = getattr(fn, "__code__", None)
+            if (code is not None and "trl" in Path(code.co_filename).parts and fn.__closure__ is not None
+                    and {"temperature", "outputs"} <= set(code.co_freevars)):
+                cells = dict(zip(code.co_freevars, fn.__closure__))
+                return {k: cells[k].cell_contents for k in ("temperature", "outputs", "cast_lm_head_to_fp32")
+                        if k in cells}
+            fn = getattr(fn, "__wrapped__", None) or getattr(fn, "model_forward", None)  # autocast, fp32 outputs
+    return {}
+
+
+def trl_call_options(module: nn.Module, options: dict) -> tuple[dict, bool]:
+    """Kernel options for a TRL `fused_lm_head=True` call, and whether the head runs in float32.
+
+    TRL's trainers take `log_probs` as the log-probabilities of the targets under the head's distribution (SFT's
+    loss is their negative mean; GRPO/DPO compare them), so what would change them into something else is
+    refused: TRL fields not computed here, z-loss and label smoothing. TRL's temperature is applied."""
+    head = trl_head_settings(module)
+    missing = sorted(set(head.get("outputs", ())) - TRL_OUTPUTS)
+    if missing:
+        raise ValueError(f"this TRL trainer's fused head asks for {missing} (e.g. DPOTrainer, KTOTrainer), which "
+                         "the wdl kernel does not compute: train this model without apply_fused_loss (TRL's own "
+                         "fused head then runs), or use SFTTrainer / transformers.Trainer")
+    for key in ("z_loss", "label_smoothing"):
+        if options.get(key):
+            raise ValueError(f"{key}={options[key]} under a TRL trainer: TRL computes its loss from the per-token "
+                             f"log-probabilities, which {key} is not. Drop {key} for TRL (SFTConfig("
+                             "label_smoothing_factor=...) smooths on TRL's side), or train with transformers.Trainer, "
+                             "which uses the model's own loss")
+    temperature = float(head.get("temperature", 1.0))
+    if temperature != 1.0:
+        if options.get("softcap") is not None:
+            raise ValueError(f"TRL's fused head divides the capped logits by temperature={temperature}, and this "
+                             "model's logits are soft-capped: the kernel divides before the cap. Use temperature=1.0 "
+                             "in the TRL config, or train this model without apply_fused_loss")
+        options = dict(options, temperature=float(options.get("temperature", 1.0)) * temperature)
+    return options, bool(head.get("cast_lm_head_to_fp32", False))
 
 
 def _head_weights(base: HeadTerm, lora: list) -> list:
@@ -146,6 +202,9 @@ def _fused_forward(self, kwargs, labels, shift_labels, num_items_in_batch, trl, 
     kwargs.setdefault("use_cache", False)
     check_router_loss(self.config, kwargs)
     base, lora, options = model_head(self, state["options"])
+    fp32_head = False
+    if trl:
+        options, fp32_head = trl_call_options(self, options)
     check_unsharded([base] + [t for _, _, t in lora], type(self).__name__)
     out = self.base_model(**kwargs, return_dict=True)
     hidden = out.last_hidden_state
@@ -158,7 +217,7 @@ def _fused_forward(self, kwargs, labels, shift_labels, num_items_in_batch, trl, 
         weak, lam = HeadTerm(extra.weight, None, 2 * extra.hidden), 0.5
     fused = fused_next_token_loss(strong, weak, targets, lam=lam, ignore_index=ignore_index,
                                   num_items_in_batch=num_items_in_batch, token_loss=trl,
-                                  stats=state["stats"] or trl, options=options)
+                                  stats=state["stats"] or trl, options=options, fp32=fp32_head)
     if trl:
         return trl_output(fused, shifted=shift_labels is not None)
     logits = head_logits(self, hidden) if want_logits else None
