@@ -29,12 +29,13 @@ def _worker(rank: int, port: int, out_path: str):
     from wdl_kernels.hf import apply_fused_loss
 
     results = {}
-    for name, model in (("stock", tiny_model(False)), ("fused", apply_fused_loss(tiny_model(False), impl="torch"))):
-        args = training_args(ddp_backend="gloo", average_tokens_across_devices=True)
-        trainer = Trainer(model=model, args=args, train_dataset=rows(), data_collator=collate)
-        trainer.train()
-        assert trainer.args.world_size == WORLD and trainer.model_accepts_loss_kwargs
-        results[name] = (train_logs(trainer), params(model))
+    for tied in (True, False):
+        for name, model in (("stock", tiny_model(tied)), ("fused", apply_fused_loss(tiny_model(tied), impl="torch"))):
+            args = training_args(ddp_backend="gloo", average_tokens_across_devices=True)
+            trainer = Trainer(model=model, args=args, train_dataset=rows(), data_collator=collate)
+            trainer.train()
+            assert trainer.args.world_size == WORLD and trainer.model_accepts_loss_kwargs
+            results[name, tied] = (train_logs(trainer), params(model))
     if rank == 0:
         torch.save(results, out_path)
 
@@ -44,7 +45,8 @@ def test_ddp_trainer_matches_stock(tmp_path):
     path = str(tmp_path / "ddp.pt")
     mp.start_processes(_worker, args=(_free_port(), path), nprocs=WORLD, start_method="spawn", join=True)
     got = torch.load(path)
-    (stock_logs, stock_params), (logs, new_params) = got["stock"], got["fused"]
-    assert_same_run(stock_logs, logs, stock_params, new_params, rtol=1e-5, atol=1e-6)
-    # and the loss is not 1/world_size of a single process's: the first step's loss is a plain per-token mean
-    assert 5.0 < stock_logs[0]["loss"] < 6.5
+    for tied in (True, False):
+        (stock_logs, stock_params), (logs, new_params) = got["stock", tied], got["fused", tied]
+        assert_same_run(stock_logs, logs, stock_params, new_params, rtol=1e-5, atol=1e-6)
+        # and the loss is not 1/world_size of a single process's: the first step's loss is a plain per-token mean
+        assert 5.0 < stock_logs[0]["loss"] < 6.5

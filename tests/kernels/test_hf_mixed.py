@@ -41,15 +41,21 @@ def test_loss_and_grads_equal_the_wdl_joint_step():
         torch.testing.assert_close(got.token_stats[name][valid], want[valid], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("frozen,bf16", [(False, False), (True, False), (False, True)])
-def test_stock_trainer_equals_wdl_joint_steps(frozen, bf16, tmp_path):
+@pytest.mark.parametrize("frozen,bf16,checkpointing", [(False, False, False), (True, False, True),
+                                                       (False, True, False)])
+def test_stock_trainer_equals_wdl_joint_steps(frozen, bf16, checkpointing, tmp_path):
     """Two optimizer steps, each one epoch of 4 samples (2 micro-batches): the gradient is order-independent."""
     data = rows(4, seed=6)
     mixed = MixedCausalLM(*pair(), lam=LAM, freeze_weak=frozen, impl="torch")
-    args = training_args(num_train_epochs=2, max_steps=-1, output_dir=str(tmp_path), bf16=bf16)
+    args = training_args(num_train_epochs=2, max_steps=-1, output_dir=str(tmp_path), bf16=bf16,
+                         gradient_checkpointing=checkpointing)
     trainer = Trainer(model=mixed, args=args, train_dataset=data, data_collator=collate)
     trainer.train()
     logs = train_logs(trainer)
+    # activation checkpointing reaches the trained sub-models only (a frozen weak model keeps no activations)
+    assert all(layer.gradient_checkpointing == checkpointing for layer in mixed.strong.model.layers)
+    if frozen:
+        assert not any(layer.gradient_checkpointing for layer in mixed.weak.model.layers)
     # the wdl joint step by hand: summed loss / label tokens, clip to 1.0, SGD lr 0.1
     joint = JointModel(*pair(), lam=LAM, freeze_weak=frozen, loss=FusedMixedCrossEntropy(impl="torch"))
     batch = collate(data)
@@ -82,6 +88,26 @@ def test_stock_trainer_equals_wdl_joint_steps(frozen, bf16, tmp_path):
     if not frozen:
         weak = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "weak")
         assert all(torch.equal(weak.state_dict()[k], v) for k, v in mixed.weak.state_dict().items())
+
+
+def test_resume_from_a_trainer_checkpoint(tmp_path):
+    """Trainer's resume_from_checkpoint loads the strong model from checkpoint-N (a plain HF checkpoint); the
+    weak model comes from checkpoint-N/weak, as the README says: the resumed run ends where the straight one did."""
+    def trainer(model, out, **kw):
+        args = training_args(max_steps=2, output_dir=str(out), **kw)
+        return Trainer(model=model, args=args, train_dataset=rows(8, seed=8), data_collator=collate)
+
+    straight = MixedCausalLM(*pair(), lam=LAM, impl="torch")
+    trainer(straight, tmp_path / "a", save_strategy="steps", save_steps=1).train()
+    checkpoint = tmp_path / "a" / "checkpoint-1"
+    weak = AutoModelForCausalLM.from_pretrained(checkpoint / "weak")
+    resumed = MixedCausalLM(pair()[0], weak, lam=LAM, impl="torch")  # a fresh strong model: the checkpoint's wins
+    trainer(resumed, tmp_path / "b").train(resume_from_checkpoint=str(checkpoint))
+    want, have = params(straight), params(resumed)
+    moved = max(float((want[k] - v).abs().max()) for k, v in params(MixedCausalLM(*pair(), lam=LAM)).items())
+    assert moved > 1e-3
+    for name in want:
+        torch.testing.assert_close(have[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_evaluate_and_predict():

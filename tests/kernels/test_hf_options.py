@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import wdl_kernels.hf.loss as hf_loss
 from tests.kernels.hf_common import batch, grads, tiny_model
@@ -38,39 +39,47 @@ def _call(model, **kw):
 LOSS_OPTIONS = dict(z_loss=1e-2, label_smoothing=0.1, temperature=1.5, softcap=2.0)
 
 
-def _scaled(model):
-    with torch.no_grad():  # logits of a few units, so that the softcap and temperature matter
-        model.lm_head.weight.mul_(30.0)
+def _scaled(model, seed):
+    """lm_head with a bias, and logits of a few units, so that the softcap and temperature matter."""
+    head = nn.Linear(64, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight * 30.0)
+        head.bias.copy_(torch.randn(model.config.vocab_size, generator=torch.Generator().manual_seed(seed)))
+    model.lm_head = head
     return model
 
 
 @pytest.mark.parametrize("mode", ["lean", "fast"])
 @pytest.mark.parametrize("mixed", [False, True])
 def test_options_equal_the_float64_reference(mode, mixed):
-    """Loss, every parameter's gradient and the token stats of a patched model (or MixedCausalLM) with loss
-    options, against wdl_kernels.reference on the same hidden states (autograd through float64)."""
+    """Loss, every parameter's gradient (lm_head biases included) and the token stats of a patched model (or
+    MixedCausalLM) with loss options, against wdl_kernels.reference on the same hidden states (autograd through
+    float64)."""
     ids, labels = batch(9)
-    ref_models = [_scaled(tiny_model(False, seed=s)) for s in ((0, 1) if mixed else (0,))]
+    ref_models = [_scaled(tiny_model(False, seed=s), s) for s in ((0, 1) if mixed else (0,))]
     hidden = [decoder_hidden_states(m, input_ids=ids).reshape(-1, 64).double() for m in ref_models]
     heads = [m.lm_head.weight.double() for m in ref_models]
+    biases = dict(bias=ref_models[0].lm_head.bias.double(),
+                  weak_bias=ref_models[1].lm_head.bias.double() if mixed else None)
     weak = (hidden[1], heads[1]) if mixed else (None, None)
     with torch.no_grad():  # every third target the argmax, so that the accuracy has ones and zeros
-        z = mixed_logits_reference(hidden[0], heads[0], *weak, 0.3, temperature=1.5, softcap=2.0)
+        z = mixed_logits_reference(hidden[0], heads[0], *weak, 0.3, temperature=1.5, softcap=2.0, **biases)
         top = z.argmax(-1).view(ids.shape)
         labels[:, 1::3] = top[:, :-1][:, ::3]
     targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)
     loss_ref, stats_ref = reference_loss_and_stats(hidden[0], heads[0], targets, *weak, lam=0.3, num_items=23,
-                                                   **LOSS_OPTIONS)
+                                                   **LOSS_OPTIONS, **biases)
     loss_ref.backward()
-    models = [_scaled(tiny_model(False, seed=s)) for s in ((0, 1) if mixed else (0,))]
+    models = [_scaled(tiny_model(False, seed=s), s) for s in ((0, 1) if mixed else (0,))]
     model = (MixedCausalLM(*models, lam=0.3, impl="torch", mode=mode, **LOSS_OPTIONS) if mixed
              else apply_fused_loss(models[0], impl="torch", mode=mode, **LOSS_OPTIONS))
     out = model(input_ids=ids, labels=labels, num_items_in_batch=23)
     out.loss.backward()
     torch.testing.assert_close(out.loss.double(), loss_ref, rtol=1e-5, atol=1e-6)
     for ref, got in zip(ref_models, models):
-        want = grads(ref)
-        for name, g in grads(got).items():
+        want, have = grads(ref), grads(got)
+        assert want.keys() == have.keys() and "lm_head.bias" in have
+        for name, g in have.items():
             torch.testing.assert_close(g.double(), want[name].double(), rtol=1e-4, atol=1e-6, msg=name)
     for name in ("entropy", "nll", "margin", "max_prob", "accuracy"):
         torch.testing.assert_close(out.token_stats[name].reshape(-1).double(), getattr(stats_ref, name),

@@ -52,6 +52,24 @@ def test_lora_on_lm_head_is_exact(patch_first, dropout):
     assert abs(float(plain) - float(want[0])) > 1e-3
 
 
+def test_lora_on_an_lm_head_with_bias():
+    """The base head's bias stays exact beside the adapter's second kernel head."""
+    ids, labels = batch(5)
+
+    def biased(seed):
+        model = tiny_model(False)
+        model.lm_head = torch.nn.Linear(64, model.config.vocab_size, bias=True)
+        with torch.no_grad():
+            model.lm_head.bias.copy_(torch.randn(model.config.vocab_size, generator=torch.Generator().manual_seed(7)))
+        return lora(model, lora_dropout=0.2, bias="all").train()  # bias="all": the head's bias trains too
+
+    stock, fused = biased(0), apply_fused_loss(biased(0), impl="torch")
+    fused.load_state_dict(stock.state_dict())
+    want, got = run(stock, ids, labels), run(fused, ids, labels)
+    assert_same(want, got)
+    assert any(k.endswith("lm_head.base_layer.bias") for k in got[1])
+
+
 def test_two_active_lora_adapters_and_modules_to_save():
     ids, labels = batch(2)
 

@@ -1,5 +1,6 @@
 """Stock transformers.Trainer on a patched model: same losses, grad norms and updates as on the stock model
-(fp32 and bf16 autocast, gradient accumulation with num_items_in_batch), and evaluate()/predict() work."""
+(fp32 and bf16 autocast, gradient accumulation with num_items_in_batch, activation checkpointing), and
+evaluate()/predict() work."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ def _train(model, **overrides):
     return train_logs(trainer), params(model)
 
 
-@pytest.mark.parametrize("tied,bf16", [(True, False), (False, False), (True, True), (False, True)])
-def test_trainer_matches_stock(tied, bf16, monkeypatch):
+@pytest.mark.parametrize("tied,bf16,checkpointing", [(True, False, False), (False, False, True), (True, True, False),
+                                                     (False, True, False)])
+def test_trainer_matches_stock(tied, bf16, checkpointing, monkeypatch):
     seen = []  # what reaches the kernel, and in which dtype the decoder ran
     kernel = hf_loss.mixed_linear_cross_entropy
     monkeypatch.setattr(hf_loss, "mixed_linear_cross_entropy",
@@ -29,7 +31,8 @@ def test_trainer_matches_stock(tied, bf16, monkeypatch):
     model = apply_fused_loss(tiny_model(tied), impl="torch")
     layer_dtypes = []
     model.model.layers[0].mlp.register_forward_hook(lambda mod, i, out: layer_dtypes.append(out.dtype))
-    logs, new_params = _train(model, bf16=bf16)
+    logs, new_params = _train(model, bf16=bf16, gradient_checkpointing=checkpointing)  # stock ran without
+    assert all(layer.gradient_checkpointing == checkpointing for layer in model.model.layers)
     dtype = torch.bfloat16 if bf16 else torch.float32
     assert len(seen) == 4 and set(seen) == {(dtype, dtype)}  # 2 steps x 2 micro-batches, autocast honoured
     assert set(layer_dtypes) == {dtype}
@@ -56,7 +59,7 @@ def test_evaluate_and_predict_with_compute_metrics():
     pred = trainer.predict(data)
     # the reference: every token of every sample, from the stock model's logits
     stock = tiny_model(False)
-    nll, entropy, n = 0.0, 0.0, 0
+    nll, entropy, correct, n = 0.0, 0.0, 0, 0
     for sample in data:
         ids, labels = torch.tensor([sample["input_ids"]]), torch.tensor([sample["labels"]])
         with torch.no_grad():
@@ -65,6 +68,7 @@ def test_evaluate_and_predict_with_compute_metrics():
         keep = target != -100
         nll -= float(logp[keep].gather(1, target[keep, None]).sum())
         entropy -= float((logp.exp() * logp).sum(-1)[keep].sum())
+        correct += int((logp[keep].argmax(-1) == target[keep]).sum())
         n += int(keep.sum())
     assert metrics["eval_nll"] == pytest.approx(nll / n, rel=1e-5)
     assert metrics["eval_entropy"] == pytest.approx(entropy / n, rel=1e-5)
@@ -72,8 +76,7 @@ def test_evaluate_and_predict_with_compute_metrics():
     stats = pred.predictions
     assert isinstance(stats, dict) and stats["entropy"].shape == (7, max(len(s["input_ids"]) for s in data))
     assert int((stats["valid"] == 1).sum()) == n
-    if "accuracy" in stats:
-        assert "eval_mean_token_accuracy" in metrics
+    assert metrics["eval_mean_token_accuracy"] == pytest.approx(correct / n, rel=1e-6)
     # prediction_loss_only: the loss alone, the same as the stock model's
     stock_trainer = Trainer(model=stock, args=args, eval_dataset=data, data_collator=collate)
     assert trainer.evaluate(metric_key_prefix="x")["x_loss"] == pytest.approx(stock_trainer.evaluate()["eval_loss"],

@@ -1,5 +1,6 @@
-"""DeepSpeed ZeRO-3 (2 gloo processes, CPU): a patched model, partitioned by deepspeed.initialize after patching,
-gives the single-process loss and gradients (the lm_head weight the kernel reads is gathered for it)."""
+"""DeepSpeed ZeRO-3 (2 gloo processes, CPU): a patched model (and a MixedCausalLM), partitioned by
+deepspeed.initialize after patching, gives the single-process loss and gradients (the lm_head weights the kernel
+reads are gathered for it)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _worker(rank: int, port: int, out_path: str):
     import deepspeed
     from deepspeed.utils import safe_get_full_grad
 
-    from wdl_kernels.hf import apply_fused_loss
+    from wdl_kernels.hf import MixedCausalLM, apply_fused_loss
 
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     ids, labels = batch(seed=7, b=4)
@@ -37,13 +38,16 @@ def _worker(rank: int, port: int, out_path: str):
               "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
               "zero_allow_untested_optimizer": True, "steps_per_print": 2**31 - 1}
     results = {}
-    for tied in (True, False):
-        model = apply_fused_loss(tiny_model(tied), impl="torch")
+    for tied in (True, False, "mixed"):
+        if tied == "mixed":  # a tied strong and an untied weak model, both partitioned and trained
+            model = MixedCausalLM(tiny_model(True), tiny_model(False, seed=1), lam=0.3, impl="torch")
+        else:
+            model = apply_fused_loss(tiny_model(tied), impl="torch")
         names = [n for n, _ in model.named_parameters()]
         engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
                                           config=config, dist_init_required=False)
-        head = model.get_output_embeddings().weight
-        assert head.ds_tensor.numel() < head.ds_numel  # partitioned: only a shard lives on this rank
+        heads = [model.get_output_embeddings().weight] + ([model.weak.lm_head.weight] if tied == "mixed" else [])
+        assert all(h.ds_tensor.numel() < h.ds_numel for h in heads)  # partitioned: a shard lives on this rank
         loss = engine(input_ids=ids[mine], labels=labels[mine], num_items_in_batch=count).loss
         engine.backward(loss * WORLD, scale_wrt_gas=False)  # ZeRO averages over ranks, as DDP does
         total = loss.detach().clone()
@@ -61,8 +65,13 @@ def test_zero3_matches_single_process(tmp_path):
     mp.start_processes(_worker, args=(_free_port(), path), nprocs=WORLD, start_method="spawn", join=True)
     got = torch.load(path)
     ids, labels = batch(seed=7, b=4)
-    for tied in (True, False):
-        model = tiny_model(tied)
+    for tied in (True, False, "mixed"):
+        if tied == "mixed":
+            from wdl_kernels.hf import MixedCausalLM
+
+            model = MixedCausalLM(tiny_model(True), tiny_model(False, seed=1), lam=0.3, impl="torch")
+        else:
+            model = tiny_model(tied)
         loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         total, grads = got[tied]

@@ -10,10 +10,16 @@ accuracy, ...) and answer TRL's `fused_lm_head=True` calls. `token_metrics` is a
 wdl_kernels` alone does not import it.
 """
 
-from .heads import decoder_hidden_states, lm_head_weight
-from .mixed import MixedCausalLM
-from .outputs import FusedCausalLMOutput, TRLFusedHeadOutput, token_metrics
-from .patch import apply_fused_loss
+try:
+    import transformers  # noqa: F401
+except ImportError as e:  # `pip install ./kernels` brings torch and triton only
+    raise ImportError("wdl_kernels.hf needs transformers: pip install 'transformers>=4.56' (the kernel itself, "
+                      "wdl_kernels.mixed_linear_cross_entropy, does not)") from e
+
+from .heads import decoder_hidden_states, lm_head_weight  # noqa: E402
+from .mixed import MixedCausalLM  # noqa: E402
+from .outputs import FusedCausalLMOutput, TRLFusedHeadOutput, token_metrics  # noqa: E402
+from .patch import apply_fused_loss  # noqa: E402
 
 __all__ = ["FusedCausalLMOutput", "MixedCausalLM", "TRLFusedHeadOutput", "apply_fused_loss", "decoder_hidden_states",
            "lm_head_weight", "token_metrics"]

@@ -26,7 +26,7 @@ class FusedCausalLMOutput(CausalLMOutputWithPast):
 
     token_stats: per-token float32 [B, T] tensors of the distribution the loss was computed on (the mixed one
     for MixedCausalLM), no grad: lse, entropy, nll, target_logit, margin (target logit minus the mean of the
-    others), max_prob, accuracy (argmax == target; with kernels that report it), valid.
+    others), max_prob, accuracy (1.0 where argmax == target, ties count), valid.
     """
 
     token_stats: dict[str, torch.Tensor] | None = None
@@ -56,12 +56,11 @@ def trl_output(fused, shifted: bool) -> TRLFusedHeadOutput:
     mask = fused.mask[:, cut]
     zero = torch.zeros((), device=mask.device)
     stats = {k: v[:, cut] for k, v in fused.stats.items()}
-    accuracy = stats.get("accuracy")
     return TRLFusedHeadOutput(
         loss=fused.loss,
         log_probs=-fused.token_loss[:, cut],
         entropy=torch.where(mask, stats["entropy"], zero),
-        is_top1=None if accuracy is None else (accuracy > 0.5) & mask,
+        is_top1=(stats["accuracy"] > 0.5) & mask,
         label_mask=mask,
         token_stats=stats,
     )
@@ -80,7 +79,7 @@ def _token_stats(predictions):
 
 def token_metrics(eval_pred) -> dict[str, float]:
     """A ready `compute_metrics` for `Trainer(compute_metrics=token_metrics)` with a patched model: the means over
-    target tokens of nll, entropy, margin and max_prob, and `mean_token_accuracy` where the kernel reports it."""
+    target tokens of nll, entropy, margin and max_prob, and their `mean_token_accuracy`."""
     stats = _token_stats(eval_pred.predictions)
     valid = np.asarray(stats["valid"]) == 1.0  # batches padded by the eval loop hold -100 here
     n = max(int(valid.sum()), 1)
