@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from wdl.eval.config import BenchmarkSpec, EvalConfig
-from wdl.eval.grading import CHOICE_LETTERS, infer_answer_type, parse_choices
+from wdl.eval.grading.lenient import CHOICE_LETTERS, infer_answer_type, parse_choices
 
 log = logging.getLogger("wdl.eval")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
