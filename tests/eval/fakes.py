@@ -1,6 +1,10 @@
-"""A generator that answers from a table of known texts: accuracy becomes exactly checkable."""
+"""Fakes: a generator that answers from a table of known texts (accuracy becomes exactly checkable), and a
+stand-in `vllm` module that records what the vLLM backend hands the engine."""
 
 from __future__ import annotations
+
+import importlib.machinery
+import types
 
 from wdl.eval import Completion
 
@@ -8,23 +12,55 @@ from wdl.eval import Completion
 class FakeGenerator:
     name = "fake"
 
-    def __init__(self, tokenizer, answers: dict[str, list[str] | str]):
-        """`answers` maps a substring of the question to the text(s) to return (one per sample)."""
+    def __init__(self, tokenizer, answers: dict[str, list | str | Completion]):
+        """`answers` maps a substring of the question to the output(s) to return (one per sample): texts, or
+        Completions to set finish reasons and token counts."""
         self.tokenizer = tokenizer
         self.answers = answers
         self.calls = []
+        self.requests = []
 
     def generate(self, requests, sampling, *, desc=""):
         self.calls.append((desc, len(requests), sampling))
+        self.requests.extend(requests)
         out = []
         for r in requests:
             prompt = self.tokenizer.decode(r.prompt_ids)
             hits = [v for k, v in self.answers.items() if k in prompt]
             assert len(hits) == 1, f"no single canned answer for prompt {prompt!r}"
-            texts = hits[0] if isinstance(hits[0], list) else [hits[0]] * sampling.n
-            assert len(texts) == sampling.n
-            out.append([Completion(t, num_tokens=len(t.split()), finish_reason="stop") for t in texts])
+            items = hits[0] if isinstance(hits[0], list) else [hits[0]] * sampling.n
+            assert len(items) == sampling.n
+            out.append([c if isinstance(c, Completion) else Completion(c, num_tokens=len(c.split()),
+                                                                       finish_reason="stop") for c in items])
         return out
 
     def close(self):
         pass
+
+
+def fake_vllm_module(record: dict, token_ids=(5, 6, 7)):
+    """A `vllm` stand-in: LLM(**kwargs) and SamplingParams(**kwargs) are recorded in `record`; every request
+    returns `n` outputs of `token_ids`."""
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            record.setdefault("sampling", []).append(kwargs)
+            self.n = kwargs["n"]
+
+    class Output:
+        def __init__(self, n):
+            self.outputs = [types.SimpleNamespace(token_ids=list(token_ids), text="ignored") for _ in range(n)]
+
+    class LLM:
+        def __init__(self, **kwargs):
+            record["llm"] = kwargs
+
+        def generate(self, prompts, params, use_tqdm=True):
+            record.setdefault("batches", []).append(len(prompts))
+            assert len(params) == len(prompts)
+            return [Output(p.n) for p in params]
+
+    module = types.ModuleType("vllm")
+    module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)  # importlib.util.find_spec reads it
+    module.LLM, module.SamplingParams = LLM, SamplingParams
+    return module
