@@ -49,7 +49,7 @@ def fake_vllm_module(record: dict, token_ids=(5, 6, 7)):
 
     class Output:
         def __init__(self, n):
-            self.outputs = [types.SimpleNamespace(token_ids=list(token_ids), text="ignored") for _ in range(n)]
+            self.outputs = [types.SimpleNamespace(token_ids=list(token_ids)) for _ in range(n)]
 
     class LLM:
         def __init__(self, **kwargs):

@@ -96,6 +96,10 @@ def test_decoding_keeps_or_drops_special_tokens(tiny_tokenizer):
     assert kept.text == tiny_tokenizer.decode([3, 70, 4, 71]) and "</think>" in kept.text
     assert dropped.text == tiny_tokenizer.decode([70, 71]) and kept.num_tokens == dropped.num_tokens == 5
     assert completion_from_ids(tiny_tokenizer, [70, 71, 72], [0], 3).finish_reason == "length"
+    # cut inside a multi-byte character: its bytes are held back, as vLLM's detokenizer does
+    ids = tiny_tokenizer("ab\u00e9", add_special_tokens=False)["input_ids"]
+    assert tiny_tokenizer.decode(ids[:-1]).endswith("\ufffd")
+    assert completion_from_ids(tiny_tokenizer, ids[:-1], [0], 10).text == "ab"
 
 
 # ------------------------------------------------------------------------------------------- paper runs

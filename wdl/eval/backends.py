@@ -68,12 +68,18 @@ def completion_from_ids(tokenizer, ids: Sequence[int], stop_ids: Sequence[int], 
     """Cut generated ids at the first stop token (dropped from the text, counted in num_tokens), decode."""
     ids = list(ids)
     stops = set(stop_ids)
+
+    def text(part):
+        # an unfinished UTF-8 character at the end decodes to U+FFFD; vLLM's detokenizer holds those bytes
+        # back instead, and so do we
+        return tokenizer.decode(part, skip_special_tokens=skip_special_tokens).rstrip("\ufffd")
+
     for i, t in enumerate(ids):
         if t in stops:
-            return Completion(tokenizer.decode(ids[:i], skip_special_tokens=skip_special_tokens), i + 1, "stop")
+            return Completion(text(ids[:i]), i + 1, "stop")
     ids = ids[:max_new_tokens]
     reason = "length" if len(ids) >= max_new_tokens else "stop"
-    return Completion(tokenizer.decode(ids, skip_special_tokens=skip_special_tokens), len(ids), reason)
+    return Completion(text(ids), len(ids), reason)
 
 
 def vllm_available() -> bool:
@@ -221,7 +227,7 @@ class VLLMGenerator:
         )
 
     def generate(self, requests: Sequence[Request], sampling: Sampling, *, desc: str = "") -> list[list[Completion]]:
-        out = []
+        out, differ = [], []
         for start in range(0, len(requests), self.batch_size):
             batch = requests[start : start + self.batch_size]
             prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in batch]
@@ -230,8 +236,17 @@ class VLLMGenerator:
             if len(results) != len(batch):
                 raise RuntimeError(f"vLLM returned {len(results)} outputs for {len(batch)} prompts")
             for r, res in zip(batch, results):
-                out.append([completion_from_ids(self.tokenizer, c.token_ids, self.stop_ids, r.max_new_tokens,
-                                                self.skip_special_tokens) for c in res.outputs])
+                comps = [completion_from_ids(self.tokenizer, c.token_ids, self.stop_ids, r.max_new_tokens,
+                                             self.skip_special_tokens) for c in res.outputs]
+                # the reference grades vLLM's own text; ours is decoded from the ids (the same for both backends)
+                for c, comp in zip(res.outputs, comps):
+                    if getattr(c, "text", comp.text) != comp.text:
+                        differ.append((c.text, comp.text))
+                out.append(comps)
+        if differ:
+            log.warning("%s: vLLM's detokenized text differs from the decoded token ids in %d of %d generations "
+                        "(first: %r vs %r); the decoded ids are graded", desc or "vllm", len(differ),
+                        sum(len(c) for c in out), differ[0][0][-200:], differ[0][1][-200:])
         return out
 
     def close(self) -> None:
