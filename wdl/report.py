@@ -150,7 +150,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
     ]
     if report.get("eval"):
-        lines += ["## Accuracy (%)", "", _markdown_table(accuracy_table(report["eval"])), ""]
+        from wdl.eval.report import graded_by, side_by_side_table
+
+        lines += ["## Accuracy (%)", "", graded_by(report["eval"]), "", _markdown_table(accuracy_table(report["eval"])),
+                  ""]
+        by_grader = side_by_side_table(report["eval"])
+        if by_grader:
+            lines += ["### Accuracy (%) by grader", "", by_grader]
     else:
         lines += ["## Accuracy", "", "Not evaluated (run.eval is false, or the eval phase has not run).", ""]
     rs = report.get("sampling")
@@ -204,8 +210,10 @@ def print_summary(report: Mapping[str, Any], console=None) -> None:
 
     console = console or Console()
     if report.get("eval"):
+        from wdl.eval.report import graded_by
+
         head, *body = accuracy_table(report["eval"])
-        t = Table(title="Accuracy (%)")
+        t = Table(title="Accuracy (%)", caption=graded_by(report["eval"]) or None)
         for h in head:
             t.add_column(h, justify="left" if h == "model" else "right")
         for r in body:
