@@ -254,10 +254,12 @@ def test_opd_grader_is_pinned(qwen_vocab_dir, external_grader, clean_opd_env, tm
     ({"truncation": "left"}, "truncation: left"),
 ])
 def test_opd_contract_is_locked(kw, pattern):
-    cfg = EvalConfig(protocol="opd", allow_public_grader=True,
-                     **{"benchmarks": [BenchmarkSpec(name="aime2025")], **kw})
+    benches = kw.pop("benchmarks", [BenchmarkSpec(name="aime2025")])
+    cfg = EvalConfig(protocol="opd", allow_public_grader=True, **kw)
     with pytest.raises(ValueError, match=pattern):
-        check_opd(cfg, cfg.benchmarks[0])
+        check_opd(cfg, benches[0])
+    with pytest.raises(ValueError, match=pattern):  # already when the config is built
+        EvalConfig(protocol="opd", allow_public_grader=True, benchmarks=benches, **kw)
 
 
 def test_opd_contract_accepts_its_modes():

@@ -271,6 +271,10 @@ class EvalConfig:
             _check(self.thinking, "thinking", "the opd protocol renders thinking-mode prompts; remove thinking: false")
             _check(self.system_prompt in (None, "none", ""), "system_prompt",
                    "the opd protocol is user-only; remove system_prompt (or use protocol: paper)")
+            from wdl.eval.protocol import check_opd  # here, so a pipeline fails before it trains
+
+            for spec in self.benchmarks:
+                check_opd(self, spec)
 
     def _check_grader(self) -> None:
         _check(self.grader in GRADER_NAMES, "grader",
