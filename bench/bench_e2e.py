@@ -33,7 +33,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from transformers import AutoModelForCausalLM, Qwen3Config  # noqa: E402
+from wdl_kernels import MixedCEStats  # noqa: E402
+
+from wdl.labels import IGNORE_INDEX  # noqa: E402
+from wdl.models import JointOutput  # noqa: E402
 
 from bench.common import ENV_COLUMNS, GIB, ResultsWriter, env_info, free_device_memory, is_oom, run_id  # noqa: E402
 
@@ -63,6 +68,41 @@ RESULT_COLUMNS = ("status", "error", "steps", "step_ms_median", "step_ms_p20", "
 COLUMNS = ENV_COLUMNS + CASE_COLUMNS + RESULT_COLUMNS
 
 
+class MaterializedMixedCrossEntropy:
+    """The reference implementation's loss, as a JointModel loss: both models' full logits, stacked (a copy, as in
+    QwenBoostForCausalLM), mixed, upcast to fp32 (as HF's ForCausalLMLoss does), F.cross_entropy."""
+
+    def __call__(self, hidden, weight, labels, weak_hidden=None, weak_weight=None, *, lam, num_items=None):
+        logits = F.linear(hidden, weight)
+        if weak_hidden is not None:
+            stacked = torch.stack([F.linear(weak_hidden, weak_weight), logits])
+            logits = (1.0 - lam) * stacked[0] + lam * stacked[1]
+        logits = logits.float()
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        if num_items is not None:
+            loss = loss / num_items
+        return JointOutput(loss, stats_from_logits(logits, labels))
+
+
+@torch.no_grad()
+def stats_from_logits(z: torch.Tensor, labels: torch.Tensor) -> MixedCEStats:
+    """The kernel's per-row statistics computed from materialized logits [N, V]."""
+    z = z.float()
+    valid = labels != IGNORE_INDEX
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    lse = torch.logsumexp(z, dim=1)
+    logp = z - lse[:, None]
+    entropy = -(logp.exp() * logp).sum(dim=1)
+    zy = z.gather(1, safe[:, None]).squeeze(1)
+    zero = torch.zeros_like(lse)
+    others = (z.sum(dim=1) - zy) / max(z.shape[1] - 1, 1)
+    return MixedCEStats(
+        lse=lse, entropy=entropy, nll=torch.where(valid, lse - zy, zero), target_logit=torch.where(valid, zy, zero),
+        margin=torch.where(valid, zy - others, zero), max_prob=torch.exp(z.amax(dim=1) - lse),
+        accuracy=(valid & (zy >= z.amax(dim=1))).float(),
+    )
+
+
 def qwen3_config(name: str, vocab: int, attn: str) -> Qwen3Config:
     return Qwen3Config(vocab_size=vocab, head_dim=128 if name != "tiny" else 32, max_position_embeddings=131072,
                        rms_norm_eps=1e-6, rope_theta=1_000_000.0, use_cache=False, attn_implementation=attn,
@@ -73,22 +113,22 @@ class Case:
     """One (model, mode, path, AC) setting: models + backend built once, stepped at several sequence lengths."""
 
     def __init__(self, args, model: str, mode: str, path: str, ac: bool, device: torch.device):
-        from wdl.models import JointModel
+        from wdl.distributed import init_distributed
+        from wdl.models import FusedMixedCrossEntropy, JointModel
         from wdl.models.loading import enable_activation_checkpointing, pick_attn_implementation
         from wdl.train import TrainConfig
-        from wdl.train.backends import build_backend
-        from wdl.train.distributed import init_distributed
-        from wdl.train.loop import compute_dtype_for
+        from wdl.train.backends import make_backend
         from wdl.train.metrics import FlopCounter, peak_bf16_flops
 
         self.args, self.device = args, device
         self.cfg = TrainConfig(lr=1e-5, warmup_ratio=0.0, schedule="constant", dtype=args.dtype, lam=0.5,
-                               freeze_weak=mode == "joint_frozen", loss_impl=path, backend=args.backend,
+                               freeze_weak=mode == "joint_frozen", backend=args.backend,
                                zero_stage=args.zero_stage, offload_optimizer=args.offload_optimizer,
                                fsdp_cpu_offload=args.fsdp_cpu_offload,
                                activation_checkpointing=ac, tensorboard=False)
         self.dist = init_distributed(require_group=args.backend != "single")
-        dtype = compute_dtype_for(self.cfg, device)
+        self.backend = make_backend(self.cfg, self.dist)
+        dtype = self.backend.compute_dtype
         config = qwen3_config(model, args.vocab, pick_attn_implementation(args.attn))
         torch.manual_seed(args.seed)
         build_on = device if args.backend == "single" else torch.device("cpu")
@@ -99,11 +139,11 @@ class Case:
             if ac:
                 enable_activation_checkpointing(m)
             subs.append(m)
-        joint = JointModel(subs[0], subs[1] if len(subs) > 1 else None, freeze_weak=self.cfg.freeze_weak,
-                           loss_impl=path)
+        loss = FusedMixedCrossEntropy() if path == "fused" else MaterializedMixedCrossEntropy()
+        joint = JointModel(subs[0], subs[1] if len(subs) > 1 else None, freeze_weak=self.cfg.freeze_weak, loss=loss)
         self.total_params = sum(p.numel() for p in joint.parameters())
         self.trainable_params = sum(p.numel() for p in joint.parameters() if p.requires_grad)
-        self.backend = build_backend(joint, self.cfg, self.dist, dtype)
+        self.backend.setup(joint)
         self.backend.joint.train()
         self.flops = [FlopCounter(config, trainable=True)]
         if mode != "sft":
@@ -115,15 +155,15 @@ class Case:
         g = torch.Generator().manual_seed(self.args.seed + seq_len)
         ids = torch.randint(0, self.args.vocab, (b, seq_len), generator=g)
         labels = torch.randint(0, self.args.vocab, (b, seq_len), generator=g)
-        labels[:, -1] = -100
+        labels[:, -1] = IGNORE_INDEX
         pos = torch.arange(seq_len).expand(b, seq_len).contiguous()
         return {k: v.to(self.device) for k, v in {"input_ids": ids, "labels": labels, "position_ids": pos}.items()}
 
     def step(self, batch: dict) -> float:
-        n = int((batch["labels"] != -100).sum())
-        out = self.backend.forward_backward(batch, 1.0 / n)
+        factor = self.backend.gradient_divide_factor
+        out = self.backend.forward_backward(batch, int((batch["labels"] != IGNORE_INDEX).sum()) / factor)
         self.backend.optimizer_step(self.cfg.lr, math.isfinite(float(out.loss)))
-        return float(out.loss) / n
+        return float(out.loss) / factor
 
     def run(self, seq_len: int, warmup: int, steps: int, micro_batch: int = 1) -> dict:
         """Time `steps` optimizer steps after `warmup`; an OOM is returned as status 'oom'."""

@@ -23,18 +23,26 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import replace
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from wdl_kernels.triton_impl import TritonBackend
-from wdl_kernels.triton_kernels import mixed_grad_logits_kernel, mixed_lse_forward_kernel, row_dots_kernel
+from triton.compiler import make_backend
+
+from wdl_kernels.triton_backend import TritonBackend
+from wdl_kernels.triton_fast_grad import fast_grad_kernel
+from wdl_kernels.triton_forward import mixed_ce_forward_kernel
+from wdl_kernels.triton_grad import mixed_ce_grad_kernel
 
 _TRITON_DTYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+_FP32_PTRS = ("part_ptr", "lse_ptr", "gcoef_ptr", "lcoef_ptr", "bias_ptr", "mt_ptr", "zy_ptr")
+# Integer arguments that are multiples of 16 at the benchmark's shapes (N = 16384, V = 151936, H = 2560): the JIT
+# specializes them (and every 16-byte aligned pointer) as divisible by 16, which changes the code and its registers.
+_DIVISIBLE_INTS = ("N", "V", "HS", "HW", "R", "C", "stride_d", "stride_g", "num_m_blocks")
+_FLOAT_ARGS = ("ratio", "scale", "softcap", "z_loss", "target_weight", "uniform_weight", "G_SCALE")
 
 
 def _signature(kernel, dtype: str, constexprs: dict) -> dict:
@@ -48,32 +56,58 @@ def _signature(kernel, dtype: str, constexprs: dict) -> dict:
         elif name.endswith("_ptr"):
             if name == "labels_ptr":
                 sig[name] = "*i64"
-            elif name in ("part_ptr", "lse_ptr", "grow_ptr", "colsum_ptr", "zy_ptr", "sumz_ptr"):
+            elif name in _FP32_PTRS:
                 sig[name] = "*fp32"
+            elif name == "d_ptr":
+                sig[name] = "*fp32" if dtype == "fp32" else "*fp16"
             else:
                 sig[name] = f"*{dtype}"
-        elif name in ("ratio", "scale", "coef"):
+        elif name in _FLOAT_ARGS:
             sig[name] = "fp32"
         else:
             sig[name] = "i32"
     return sig
 
 
+def _attrs(kernel, signature: dict, target) -> dict:
+    """The JIT's runtime specialization: aligned pointers and the shape integers divisible by 16."""
+    divisible = make_backend(target).parse_attr("D")
+    return {(i,): divisible for i, name in enumerate(kernel.arg_names)
+            if signature[name].startswith("*") or name in _DIVISIBLE_INTS}
+
+
 def _variants():
+    """(kernel name, dtype, heads, flavour, kernel, constexprs, num_warps, num_stages, tile, maxnreg)."""
+    plain = dict(HAS_BIAS=False, SOFTCAP=False)
+    options = dict(HAS_BIAS=True, SOFTCAP=True)
     for torch_dtype in (torch.bfloat16, torch.float16, torch.float32):
-        cfg = TritonBackend()._for_dtype(torch_dtype)
+        cfg = TritonBackend().cfg(torch_dtype)
         dtype = _TRITON_DTYPE[torch_dtype]
-        common = dict(DOT_PRECISION="ieee" if torch_dtype == torch.float32 else "tf32",
-                      BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+        tiles = dict(DOT_PRECISION="ieee" if torch_dtype == torch.float32 else "tf32",
+                     BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+        tile = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}"
         for use_weak in (False, True):
-            heads = dict(USE_STRONG=True, USE_WEAK=use_weak)
-            yield ("forward", dtype, use_weak, mixed_lse_forward_kernel, {**common, **heads, "WITH_ENTROPY": True}, cfg)
-            yield ("grad_logits", dtype, use_weak, mixed_grad_logits_kernel,
-                   {**common, **heads, "GROUP_M": cfg.group_m},
-                   cfg)
-        yield ("row_dots", dtype, False, row_dots_kernel,
-               {"WITH_SUM": True, "BLOCK_M": cfg.rowdot_block_m, "BLOCK_K": cfg.rowdot_block_k},
-               replace(cfg, num_warps=4, num_stages=1))
+            heads = dict(USE_STRONG=True, USE_WEAK=use_weak, GROUP_M=cfg.group_m, OFFSETS_64=False, **tiles)
+            n_heads = 2 if use_weak else 1
+            for flavour, extra in (("lean+stats", dict(WITH_ENTROPY=True, STORE_D=False, **plain)),
+                                   ("fast", dict(WITH_ENTROPY=False, STORE_D=True, **plain)),
+                                   ("options+stats", dict(WITH_ENTROPY=True, STORE_D=False, **options))):
+                fcfg = TritonBackend().cfg(torch_dtype, store_d=extra["STORE_D"])
+                cap = fcfg.register_cap("forward", torch_dtype, extra["HAS_BIAS"], extra["STORE_D"])
+                yield ("forward", dtype, n_heads, flavour, mixed_ce_forward_kernel, {**heads, **extra},
+                       fcfg.num_warps, fcfg.num_stages, tile, cap)
+            grads = [("plain", dict(HAS_LSE_GRAD=False, HAS_Z_LOSS=False, **plain))]
+            if use_weak:
+                grads.append(("options+lse", dict(HAS_LSE_GRAD=True, HAS_Z_LOSS=True, **options)))
+            for flavour, extra in grads:
+                yield ("grad", dtype, n_heads, flavour, mixed_ce_grad_kernel, {**heads, **extra},
+                       cfg.num_warps, cfg.num_stages, tile, cfg.register_cap("grad", torch_dtype, False, False))
+        bm, bn = cfg.fast_grad_block
+        for flavour, extra in (("plain", dict(SOFTCAP=False, HAS_Z_LOSS=False)),
+                               ("options", dict(SOFTCAP=True, HAS_Z_LOSS=True))):
+            yield ("fast_grad", dtype, 0, flavour, fast_grad_kernel,
+                   {**extra, "FWD_BLOCK_N": cfg.block_n, "BLOCK_M": bm, "BLOCK_N": bn, "OFFSETS_64": False}, 4, 1,
+                   f"{bm}x{bn}", None)
 
 
 def _ptxas_report(ptx: str) -> dict:
@@ -119,23 +153,22 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     target = GPUTarget("cuda", 90, 32)
     rows, ok = [], True
-    for name, dtype, use_weak, kernel, constexprs, cfg in _variants():
-        src = ASTSource(fn=kernel, signature=_signature(kernel, dtype, constexprs), constexprs=constexprs)
-        compiled = triton.compile(src, target=target,
-                                  options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    for name, dtype, heads, flavour, kernel, constexprs, warps, stages, tile, maxnreg in _variants():
+        signature = _signature(kernel, dtype, constexprs)
+        src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs,
+                        attrs=_attrs(kernel, signature, target))
+        options = {"num_warps": warps, "num_stages": stages, **({"maxnreg": maxnreg} if maxnreg else {})}
+        compiled = triton.compile(src, target=target, options=options)
         rep = _ptxas_report(compiled.asm["ptx"])
-        rep.update(kernel=name, dtype=dtype, heads=2 if use_weak else 1, shared_bytes=compiled.metadata.shared,
-                   num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                   tile=(f"{cfg.rowdot_block_m}x{cfg.rowdot_block_k}" if name == "row_dots"
-                         else f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k}"),
-                   hgmma=_sass_has_hgmma(compiled.asm["cubin"]))
-        bad = rep["spill_store_bytes"] > 0 or (name != "row_dots" and dtype != "fp32" and not rep["hgmma"])
+        rep.update(kernel=name, dtype=dtype, heads=heads, flavour=flavour, shared_bytes=compiled.metadata.shared,
+                   num_warps=warps, num_stages=stages, tile=tile, maxnreg=maxnreg, hgmma=_sass_has_hgmma(compiled.asm["cubin"]))
+        gemm = name != "fast_grad" and dtype != "fp32"
+        bad = rep["spill_store_bytes"] > 0 or (gemm and not rep["hgmma"])
         ok &= not bad
         rows.append(rep)
-        print(f"{name:12s} {dtype:5s} heads={rep['heads']} tile={rep['tile']} warps={cfg.num_warps} "
-              f"stages={cfg.num_stages} regs={rep['registers']} spill={rep['spill_store_bytes']}/"
-              f"{rep['spill_load_bytes']}B smem={rep['shared_bytes']}B hgmma={rep['hgmma']}"
-              f"{'  <-- PROBLEM' if bad else ''}")
+        print(f"{name:9s} {dtype:4s} heads={heads} {flavour:13s} tile={tile} warps={warps} stages={stages} "
+              f"regs={rep['registers']} spill={rep['spill_store_bytes']}/{rep['spill_load_bytes']}B "
+              f"smem={rep['shared_bytes']}B hgmma={rep['hgmma']}{'  <-- PROBLEM' if bad else ''}")
     print(f"triton {triton.__version__}, torch {torch.__version__}")
     if args.json:
         with open(args.json, "w") as f:

@@ -18,6 +18,15 @@ import argparse
 import sys
 from pathlib import Path
 
+import datasets
+from transformers.utils import logging as hf_logging
+
+from wdl.config import dump_yaml, load_pipeline_config, preset_names
+from wdl.eval.cli import main as eval_main
+from wdl.pipeline import PHASE_NAMES, Pipeline
+from wdl.train import extract_submodel
+from wdl.weights_phase import compute_weights
+
 PHASE_COMMANDS = {
     "score": ("score_base", "score the base model (and M1 once trained) on the training data"),
     "sft": ("sft", "supervised fine-tuning of the base model -> DIR/sft"),
@@ -32,8 +41,6 @@ _CONFIG_HELP = (
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    from wdl.config import preset_names
-
     p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=_CONFIG_HELP.format(presets=", ".join(
         preset_names())))
     p.add_argument("--out", metavar="DIR", help="run directory (default: run.out of the config)")
@@ -50,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="run the whole pipeline (the embedded tiny default without CONFIG)",
-                       description="Run every phase: " + ", ".join(_phases()) + ". Complete phases are skipped; "
+                       description="Run every phase: " + ", ".join(PHASE_NAMES) + ". Complete phases are skipped; "
                        "an interrupted one resumes. Rerun the same command after any interruption.")
     _add_config_args(p)
 
@@ -83,12 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _phases() -> list[str]:
-    from wdl.pipeline import PHASES
-
-    return list(PHASES)
-
-
 def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
     """[CONFIG] key=value ... -> (CONFIG or None, overrides)."""
     config, overrides = None, []
@@ -103,8 +104,6 @@ def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _load(args):
-    from wdl.config import load_pipeline_config
-
     config, overrides = split_config_args(args.args)
     if args.out:
         overrides.append(f"run.out={args.out}")
@@ -114,8 +113,6 @@ def _load(args):
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "eval":  # the evaluator owns its arguments (and its --help)
-        from wdl.eval.cli import main as eval_main
-
         return eval_main(argv[1:]) or 0
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -132,8 +129,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from wdl.config import dump_yaml, preset_names
-
     if args.command == "config":
         if args.presets:
             print("\n".join(preset_names()))
@@ -141,30 +136,20 @@ def _dispatch(args) -> int:
         print(dump_yaml(_load(args)), end="")
         return 0
     if args.command == "extract":
-        from wdl.train import extract_submodel
-
         extract_submodel(args.source, args.out, which=args.which)
         print(f"{args.which} sub-model -> {args.out}")
         return 0
     if args.command == "weights" and (args.scores_dir or args.out_dir):
         if not (args.scores_dir and args.out_dir):
             raise ValueError("--scores-dir and --out-dir go together")
-        from wdl.weights_phase import compute_weights
-
         cfg = _load(args)
         print(compute_weights(cfg.sampling, args.scores_dir, args.out_dir,
                               brownboost=cfg.sampling.scheme == "brownboost"))
         return 0
 
-    cfg = _load(args)  # config errors first, before anything heavy is imported
-    from transformers.utils import logging as hf_logging
-
-    from wdl.pipeline import Pipeline
-
+    cfg = _load(args)  # config errors first, before any work
     hf_logging.disable_progress_bar()  # per-file load/save bars would drown the phase output
     if not sys.stdout.isatty():  # in a log file a progress bar is one endless line
-        import datasets
-
         datasets.disable_progress_bars()
     pipe = Pipeline(cfg, cfg.run.out)
     if args.command == "run":
@@ -172,9 +157,6 @@ def _dispatch(args) -> int:
     elif args.command == "score" and args.model:
         if not args.name:
             raise ValueError("--model needs --name (the output is DIR/scores/NAME.jsonl)")
-        from wdl.pipeline import init_distributed
-
-        init_distributed(pipe.ranks)
         pipe.prepare_run_dir()
         pipe.score_model(args.model, args.name)
     else:

@@ -16,26 +16,25 @@ Errors are `ValueError`s naming where the value came from and its key path, e.g.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from wdl.configlib import (  # noqa: F401 - re-exported: the config API lives at wdl.config
-    PRESETS_DIR, apply_overrides, build, deep_merge, diff, dump_yaml, flatten, load, parse_override, preset_names,
-    read_yaml, resolve_source, to_dict,
+    PRESETS_DIR, apply_overrides, build, check, check_choices, deep_merge, diff, dump_yaml, flatten, load,
+    parse_override, preset_names, read_yaml, resolve_source, to_dict,
 )
+from wdl.data import DataConfig
+from wdl.eval import EvalConfig
+from wdl.train import TrainConfig
 
 TRAIN_PHASES = ("pretrain", "sft", "joint")  # sections that receive the shared `train:` defaults
 _SHARED_TRAIN = "train"
 
 
 # ------------------------------------------------------------------------------ the pipeline's own sections
-def _check(cond: bool, key: str, message: str) -> None:
-    if not cond:
-        raise ValueError(f"{key}: {message}")
-
-
 @dataclass
 class TinyModelConfig:
     """Shape of the tiny Qwen3 built from scratch when `model.base: tiny` (head_dim 64 so vLLM serves it)."""
@@ -53,8 +52,8 @@ class TinyModelConfig:
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
-            _check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        _check(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
                f"must divide num_attention_heads ({self.num_attention_heads}), got {self.num_key_value_heads}")
 
 
@@ -68,7 +67,7 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
 
     def __post_init__(self):
-        _check(bool(self.base.strip()), "base", "must be 'tiny' or a model name/path, got an empty string")
+        check(bool(self.base.strip()), "base", "must be 'tiny' or a model name/path, got an empty string")
 
     @property
     def is_tiny(self) -> bool:
@@ -87,9 +86,9 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _check(self.n_train >= 1, "n_train", f"must be >= 1, got {self.n_train}")
-        _check(self.n_eval >= 0, "n_eval", f"must be >= 0, got {self.n_eval}")
-        _check(self.n_pretrain >= 0, "n_pretrain", f"must be >= 0, got {self.n_pretrain}")
+        check(self.n_train >= 1, "n_train", f"must be >= 1, got {self.n_train}")
+        check(self.n_eval >= 0, "n_eval", f"must be >= 0, got {self.n_eval}")
+        check(self.n_pretrain >= 0, "n_pretrain", f"must be >= 0, got {self.n_pretrain}")
 
 
 @dataclass
@@ -100,7 +99,8 @@ class ScoringConfig:
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on the CPU
 
     def __post_init__(self):
-        _check(self.tokens_per_micro_batch >= 1, "tokens_per_micro_batch",
+        check_choices(self)
+        check(self.tokens_per_micro_batch >= 1, "tokens_per_micro_batch",
                f"must be >= 1, got {self.tokens_per_micro_batch}")
 
 
@@ -117,12 +117,12 @@ class BrownBoostConfig:
     lambda_easy: float = 1.0
 
     def __post_init__(self):
-        _check(0.0 <= self.easy_quantile < self.hard_quantile <= 1.0, "hard_quantile",
+        check(0.0 <= self.easy_quantile < self.hard_quantile <= 1.0, "hard_quantile",
                f"need 0 <= easy_quantile < hard_quantile <= 1, got {self.easy_quantile} and {self.hard_quantile}")
-        _check(self.patience >= 0, "patience", f"must be >= 0, got {self.patience}")
-        _check(self.easy_patience >= 0, "easy_patience", f"must be >= 0, got {self.easy_patience}")
-        _check(self.lambda_time >= 0, "lambda_time", f"must be >= 0, got {self.lambda_time}")
-        _check(self.lambda_easy >= 0, "lambda_easy", f"must be >= 0, got {self.lambda_easy}")
+        check(self.patience >= 0, "patience", f"must be >= 0, got {self.patience}")
+        check(self.easy_patience >= 0, "easy_patience", f"must be >= 0, got {self.easy_patience}")
+        check(self.lambda_time >= 0, "lambda_time", f"must be >= 0, got {self.lambda_time}")
+        check(self.lambda_easy >= 0, "lambda_easy", f"must be >= 0, got {self.lambda_easy}")
 
 
 @dataclass
@@ -140,14 +140,15 @@ class SamplingConfig:
     brownboost: BrownBoostConfig = field(default_factory=BrownBoostConfig)
 
     def __post_init__(self):
+        check_choices(self)
         for name in ("alpha", "beta", "gamma"):
             v = getattr(self, name)
-            _check(v >= 0 and v == v and v != float("inf"), name, f"must be a finite number >= 0, got {v}")
-        _check(self.alpha + self.beta + self.gamma > 0, "beta", "alpha, beta and gamma cannot all be 0")
-        _check(self.multiplier > 0, "multiplier", f"must be > 0, got {self.multiplier}")
-        _check(self.size is None or self.size >= 1, "size", f"must be >= 1 or null, got {self.size}")
+            check(v >= 0 and math.isfinite(v), name, f"must be a finite number >= 0, got {v}")
+        check(self.alpha + self.beta + self.gamma > 0, "beta", "alpha, beta and gamma cannot all be 0")
+        check(self.multiplier > 0, "multiplier", f"must be > 0, got {self.multiplier}")
+        check(self.size is None or self.size >= 1, "size", f"must be >= 1 or null, got {self.size}")
         if self.scheme == "brownboost":
-            _check(self.brownboost.third_model is not None, "scheme",
+            check(self.brownboost.third_model is not None, "scheme",
                    "'brownboost' needs sampling.brownboost.third_model (a later model to score: the "
                    "third entropy column)")
 
@@ -162,41 +163,24 @@ class RunConfig:
     eval_base: bool = True  # evaluate the base model too (the weak starting point)
 
     def __post_init__(self):
-        _check(bool(self.out.strip()), "out", "must be a directory path, got an empty string")
+        check(bool(self.out.strip()), "out", "must be a directory path, got an empty string")
 
 
 # ------------------------------------------------------------------------------------------ the pipeline
-def _section_types() -> dict[str, type]:
-    """The sections owned by other modules, imported when a pipeline config is built (so that `wdl --help`
-    and `import wdl.config` stay light)."""
-    from wdl.data import DataConfig
-    from wdl.eval import BenchmarkSpec, EvalConfig
-    from wdl.train import TrainConfig
-
-    return {"DataConfig": DataConfig, "TrainConfig": TrainConfig, "EvalConfig": EvalConfig,
-            "BenchmarkSpec": BenchmarkSpec}
-
-
-def _default(name: str):
-    return lambda: _section_types()[name]()
-
-
 @dataclass
 class PipelineConfig:
     """Everything `wdl run` needs. Sections: model, synthetic, data, pretrain/sft/joint (one TrainConfig each,
     with shared defaults in `train:`), scoring, sampling, eval, run."""
 
-    __section_types__ = staticmethod(_section_types)
-
     model: ModelConfig = field(default_factory=ModelConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    data: DataConfig = field(default_factory=_default("DataConfig"))  # noqa: F821 - resolved lazily
-    pretrain: TrainConfig = field(default_factory=_default("TrainConfig"))  # noqa: F821 - tiny base only
-    sft: TrainConfig = field(default_factory=_default("TrainConfig"))  # noqa: F821
-    joint: TrainConfig = field(default_factory=_default("TrainConfig"))  # noqa: F821 - also sft_continued
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)  # tiny base only
+    sft: TrainConfig = field(default_factory=TrainConfig)
+    joint: TrainConfig = field(default_factory=TrainConfig)  # also sft_continued
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    eval: EvalConfig = field(default_factory=_default("EvalConfig"))  # noqa: F821
+    eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self):

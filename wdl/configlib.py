@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 import types
 import typing
@@ -20,6 +21,38 @@ from typing import Any, Literal
 import yaml
 
 PRESETS_DIR = Path(__file__).with_name("presets")
+
+
+# ------------------------------------------------------------------------------------- section validation
+def check(cond: bool, key: str, message: str) -> None:
+    """A section's validation in `__post_init__`: `key: message` is the error (the loader adds file and path)."""
+    if not cond:
+        raise ValueError(f"{key}: {message}")
+
+
+def _is_choice(value: Any, choices: tuple) -> bool:
+    # True is not 1: a bool is a choice only where the Literal lists bools
+    return value in choices and not (isinstance(value, bool) and not any(isinstance(c, bool) for c in choices))
+
+
+def _choice_message(choices: tuple, value: Any) -> str:
+    return f"must be one of {', '.join(repr(a) for a in choices)}, got {value!r}"
+
+
+@functools.cache
+def _literal_fields(cls: type) -> tuple[tuple[str, tuple], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, typing.get_args(hints[f.name])) for f in dataclasses.fields(cls)
+                 if typing.get_origin(hints[f.name]) is Literal)
+
+
+def check_choices(section: Any, prefix: str = "") -> None:
+    """Every `Literal` field of a section dataclass holds one of its choices (sections call it first thing in
+    `__post_init__`, so a section built in Python is checked like one loaded from YAML)."""
+    for name, choices in _literal_fields(type(section)):
+        value = getattr(section, name)
+        if not _is_choice(value, choices):
+            raise ValueError(f"{prefix}{name}: {_choice_message(choices, value)}")
 
 
 # --------------------------------------------------------------------------------------------- raw YAML
@@ -201,9 +234,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
                 errors.append(e.message)
         raise _BuildError(path, " or ".join(dict.fromkeys(errors)))
     if origin is Literal:
-        if value in args and not (isinstance(value, bool) and not any(isinstance(a, bool) for a in args)):
+        if _is_choice(value, args):
             return value
-        raise _BuildError(path, f"must be one of {', '.join(repr(a) for a in args)}, got {value!r}")
+        raise _BuildError(path, _choice_message(args, value))
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -255,8 +288,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
 
 def build(cls: type, data: Mapping, path: str = "") -> Any:
     """Build dataclass `cls` from plain values, recursively; unknown/missing keys and bad types raise."""
-    lazy = getattr(cls, "__section_types__", None)
-    hints = typing.get_type_hints(cls, localns=lazy() if lazy else None)
+    hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():

@@ -1,7 +1,8 @@
-"""Atomic file and directory writes: write to a temporary name beside the target, fsync, then rename.
+"""Run-directory files: atomic writes (a temporary name beside the target, fsync, rename) and the JSONL reader.
 
-A reader (or a resumed run) therefore sees either the previous complete artifact or the new complete one,
-never a half-written one, even after `kill -9`.
+A reader (or a resumed run) sees either the previous complete artifact or the new complete one, never a
+half-written one, even after `kill -9`. The one file that is appended to instead, a training phase's step log,
+can end in a line cut short by a kill: `read_jsonl` drops such a last line.
 """
 
 from __future__ import annotations
@@ -59,6 +60,29 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSONL file, [] when it does not exist; blank lines are skipped.
+
+    A last line that is not valid JSON is a write cut short by a kill and is dropped; an invalid line anywhere
+    else means the file is damaged: a ValueError naming file:line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i + 1}: not valid JSON") from None
+    return rows
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ the report can be rebuilt at any time from a finished or partial run directory.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -16,7 +17,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wdl.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+import torch
+import transformers
+from rich.console import Console
+from rich.table import Table
+
+from wdl.config import PipelineConfig, to_dict
+from wdl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from wdl.run_dir import RunPaths, read_marker
 
 # Curves plotted for the training phases (the paper's saturation story: the margin stalls under SFT).
 PLOTTED_METRICS = ("loss", "entropy", "margin")
@@ -24,23 +32,32 @@ PLOTTED_PHASES = ("sft", "joint", "sft_continued")
 CONTINUES_SFT = ("joint", "sft_continued")
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (a writer killed mid-line) is ignored."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}:{i + 1}: not valid JSON") from None
-    return rows
+def collect_report(paths: RunPaths, cfg: PipelineConfig, phase_order: Sequence[str],
+                   eval_models: Sequence[str]) -> dict[str, Any]:
+    """report.json's content (without plots) from the run directory's markers, logs and sampling summary."""
+    phases = {}
+    for p in sorted(paths.markers.glob("*.json")):
+        m = json.loads(p.read_text(encoding="utf-8"))
+        phases[m["phase"]] = {k: v for k, v in m.items() if k not in ("phase", "results", "eval_config")}
+    timings = {name: phases[name]["seconds"] for name in phase_order if name in phases}
+    evals = {}
+    for name in eval_models:
+        marker = read_marker(paths, f"eval.{name}")
+        if marker is not None:
+            evals[name] = marker["results"]
+    logs = {ph: read_jsonl(paths.log(ph)) for ph in phase_order}
+    sampling = None
+    if paths.resampled.is_file():
+        sampling = {k: v for k, v in json.loads(paths.resampled.read_text(encoding="utf-8")).items() if k != "ids"}
+    return {
+        "eval": evals,
+        "timings": timings,
+        "phases": phases,
+        "training": {ph: training_summary(rows) for ph, rows in logs.items() if rows},
+        "sampling": sampling,
+        "config": to_dict(cfg),
+        "environment": environment(),
+    }
 
 
 def metric_series(rows: Sequence[Mapping], metric: str) -> tuple[list[int], list[float]]:
@@ -56,9 +73,7 @@ def metric_series(rows: Sequence[Mapping], metric: str) -> tuple[list[int], list
 
 def plot_training(logs: Mapping[str, Sequence[Mapping]], out_dir: str | Path) -> dict[str, str]:
     """One PNG per metric (loss, entropy, margin) with a line per training phase; returns {metric: file}."""
-    import io
-
-    import matplotlib
+    import matplotlib  # imported, with its non-interactive backend chosen, only when a report is plotted
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -205,9 +220,6 @@ def write_report(out_dir: str | Path, report: Mapping[str, Any]) -> None:
 
 def print_summary(report: Mapping[str, Any], console=None) -> None:
     """The closing table of `wdl run`: accuracy per model and benchmark, then phase timings."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console()
     if report.get("eval"):
         from wdl.eval.report import graded_by
@@ -232,9 +244,6 @@ def print_summary(report: Mapping[str, Any], console=None) -> None:
 
 def environment() -> dict[str, str]:
     """Versions, device and commit of this run, for report.json."""
-    import torch
-    import transformers
-
     env = {
         "python": platform.python_version(),
         "torch": torch.__version__,

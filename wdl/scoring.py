@@ -12,16 +12,17 @@ to `out_path` atomically. An existing `out_path` is complete (atomic write) and 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-from wdl.io import atomic_write_jsonl
+from wdl.data import iter_scoring_batches
+from wdl.distributed import all_gather_objects, barrier, init_distributed
+from wdl.io import atomic_write_jsonl, read_jsonl
+from wdl.labels import IGNORE_INDEX
 from wdl.models import JointModel, load_causal_lm, resolve_dtype
 
-IGNORE_INDEX = -100
 FIELDS = ("entropy", "nll", "margin")
 
 
@@ -71,12 +72,8 @@ def merge_sums(parts: Iterable[dict[int, list[float]]]) -> dict[int, dict]:
 
 
 def read_scores(path: Path) -> dict[int, dict]:
-    rows = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            rows[int(r["idx"])] = r
-    return rows
+    """idx -> score row of a file `score_dataset` wrote."""
+    return {int(r["idx"]): r for r in read_jsonl(path)}
 
 
 def score_dataset(
@@ -92,18 +89,15 @@ def score_dataset(
     out_path = Path(out_path)
     if out_path.is_file():
         return read_scores(out_path)
-    from wdl.data import iter_scoring_batches
-    from wdl.train.distributed import all_gather_objects, barrier, init_distributed
-
-    dist_info = init_distributed()
-    lm = load_causal_lm(model, dtype=resolve_dtype(dtype, dist_info.device), attn_implementation=attn_implementation,
-                        device=dist_info.device)
+    ctx = init_distributed()
+    lm = load_causal_lm(model, dtype=resolve_dtype(dtype, ctx.device), attn_implementation=attn_implementation,
+                        device=ctx.device)
     lm.eval()
     joint = JointModel(lm)
-    batches = iter_scoring_batches(dataset, tokens_per_micro_batch, dist_info.rank, dist_info.world_size)
-    local = score_batches(joint, batches, dist_info.device)
+    batches = iter_scoring_batches(dataset, tokens_per_micro_batch, ctx.rank, ctx.world_size)
+    local = score_batches(joint, batches, ctx.device)
     merged = merge_sums(all_gather_objects(local))
-    if dist_info.is_main:
+    if ctx.is_main:
         atomic_write_jsonl(out_path, list(merged.values()))
     barrier()
     return merged

@@ -22,7 +22,7 @@ from wdl.io import atomic_write_json, atomic_write_jsonl
 
 
 @dataclass(frozen=True)
-class Problem:
+class WordProblem:
     kind: str
     question: str
     steps: tuple[str, ...]
@@ -45,13 +45,13 @@ _GOODS = (("notebook", "notebooks"), ("pen", "pens"), ("ticket", "tickets"), ("c
 _THINGS = ("shirt", "lamp", "backpack", "game", "chair", "jacket")
 
 
-def _add_sub(r: random.Random) -> Problem:
+def _add_sub(r: random.Random) -> WordProblem:
     name, friend = r.sample(_NAMES, 2)
     item = r.choice(_ITEMS)
     a, b = r.randint(3, 30), r.randint(2, 20)
     c = r.randint(1, a + b - 1)
     s = a + b
-    return Problem(
+    return WordProblem(
         "add_sub",
         f"{name} has {a} {item}. {name} gets {b} more and then gives {c} to {friend}. "
         f"How many {item} does {name} have now?",
@@ -62,12 +62,12 @@ def _add_sub(r: random.Random) -> Problem:
     )
 
 
-def _groups(r: random.Random) -> Problem:
+def _groups(r: random.Random) -> WordProblem:
     name = r.choice(_NAMES)
     item, box = r.choice(_ITEMS), r.choice(_CONTAINERS)
     n, k, a = r.randint(2, 9), r.randint(2, 12), r.randint(1, 30)
     m = n * k
-    return Problem(
+    return WordProblem(
         "groups",
         f"{name} buys {n} {box} of {item} with {k} {item} in each. {name} already had {a} {item}. "
         f"How many {item} does {name} have in total?",
@@ -77,11 +77,11 @@ def _groups(r: random.Random) -> Problem:
     )
 
 
-def _unit_rate(r: random.Random) -> Problem:
+def _unit_rate(r: random.Random) -> WordProblem:
     rate, t1, t2 = r.randint(2, 20), r.randint(2, 8), r.randint(2, 12)
     if r.random() < 0.5:
         d = rate * t1
-        return Problem(
+        return WordProblem(
             "unit_rate",
             f"A car travels {d} km in {t1} hours. At the same speed, how many km does it travel in {t2} hours?",
             (f"Speed: {d} / {t1} = {rate} km per hour.", f"In {t2} hours: {rate} * {t2} = {rate * t2} km."),
@@ -90,7 +90,7 @@ def _unit_rate(r: random.Random) -> Problem:
         )
     one, many = r.choice(_GOODS)
     cost = rate * t1
-    return Problem(
+    return WordProblem(
         "unit_rate",
         f"{t1} {many} cost {cost} dollars. How many dollars do {t2} {many} cost?",
         (f"One {one} costs {cost} / {t1} = {rate} dollars.", f"{t2} {many} cost {rate} * {t2} = {rate * t2} dollars."),
@@ -99,7 +99,7 @@ def _unit_rate(r: random.Random) -> Problem:
     )
 
 
-def _percent(r: random.Random) -> Problem:
+def _percent(r: random.Random) -> WordProblem:
     pct = r.choice((5, 10, 15, 20, 25, 30, 40, 50, 60, 75))
     unit = 100 // _gcd(pct, 100)  # the smallest base whose pct% is a whole number
     base = r.randint(1, 200 // unit) * unit
@@ -122,13 +122,13 @@ def _percent(r: random.Random) -> Problem:
         question = f"There are {base} {item} in a basket and {pct}% of them are broken. How many {item} are not broken?"
         steps = (f"Broken: {base} * {pct} / 100 = {part}.", f"Not broken: {base} - {part} = {base - part}.")
         answer = base - part
-    return Problem("percent", question, steps, answer, ("percent", variant, base, pct))
+    return WordProblem("percent", question, steps, answer, ("percent", variant, base, pct))
 
 
-def _equation(r: random.Random) -> Problem:
+def _equation(r: random.Random) -> WordProblem:
     a, x, b = r.randint(2, 9), r.randint(1, 15), r.randint(1, 30)
     c = a * x + b
-    return Problem(
+    return WordProblem(
         "equation",
         f"Solve for x: {a}x + {b} = {c}. What is x?",
         (f"Subtract {b} from both sides: {a}x = {c} - {b} = {c - b}.", f"Divide by {a}: x = {c - b} / {a} = {x}."),
@@ -137,7 +137,7 @@ def _equation(r: random.Random) -> Problem:
     )
 
 
-def _share(r: random.Random) -> Problem:
+def _share(r: random.Random) -> WordProblem:
     name = r.choice(_NAMES)
     item = r.choice(_ITEMS)
     k, each, extra = r.randint(2, 8), r.randint(2, 15), r.randint(0, 15)
@@ -147,7 +147,7 @@ def _share(r: random.Random) -> Problem:
         steps.append(f"{name} keeps {extra}, leaving {total} - {extra} = {k * each}.")
     steps.append(f"Each friend gets {k * each} / {k} = {each}.")
     keep = f" after keeping {extra} for {'himself' if name in _HE else 'herself'}" if extra else ""
-    return Problem(
+    return WordProblem(
         "share",
         f"{name} has {total} {item} and shares them equally among {k} friends{keep}. "
         f"How many {item} does each friend get?",
@@ -166,7 +166,7 @@ def _gcd(a: int, b: int) -> int:
     return a
 
 
-GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
+GENERATORS: dict[str, Callable[[random.Random], WordProblem]] = {
     "add_sub": _add_sub,
     "groups": _groups,
     "unit_rate": _unit_rate,
@@ -176,7 +176,7 @@ GENERATORS: dict[str, Callable[[random.Random], Problem]] = {
 }
 
 
-def generate(n: int, seed: int, kinds: Sequence[str] | None = None, exclude: set | None = None) -> list[Problem]:
+def generate(n: int, seed: int, kinds: Sequence[str] | None = None, exclude: set | None = None) -> list[WordProblem]:
     """`n` distinct problems (by signature), kinds in turn, deterministic for the same arguments.
 
     A kind whose problems are used up (1000 draws in a row already taken) leaves the rotation.
@@ -189,7 +189,7 @@ def generate(n: int, seed: int, kinds: Sequence[str] | None = None, exclude: set
         raise ValueError(f"n: must be >= 0, got {n}")
     r = random.Random(seed)
     seen = set(exclude or ())
-    out: list[Problem] = []
+    out: list[WordProblem] = []
     turn = 0
     misses = dict.fromkeys(kinds, 0)
     while len(out) < n:
@@ -211,9 +211,9 @@ def generate(n: int, seed: int, kinds: Sequence[str] | None = None, exclude: set
 
 @dataclass(frozen=True)
 class Splits:
-    train: list[Problem]
-    eval: list[Problem]
-    pretrain: list[Problem]
+    train: list[WordProblem]
+    eval: list[WordProblem]
+    pretrain: list[WordProblem]
 
 
 def make_splits(n_train: int, n_eval: int, n_pretrain: int, seed: int) -> Splits:
@@ -227,7 +227,7 @@ def make_splits(n_train: int, n_eval: int, n_pretrain: int, seed: int) -> Splits
     return Splits(train=train, eval=ev, pretrain=pretrain)
 
 
-def chat_record(problem: Problem, idx: int) -> dict:
+def chat_record(problem: WordProblem, idx: int) -> dict:
     return {
         "idx": idx,
         "messages": [
@@ -237,17 +237,17 @@ def chat_record(problem: Problem, idx: int) -> dict:
     }
 
 
-def write_chat_jsonl(path: str | Path, problems: Sequence[Problem]) -> None:
+def write_chat_jsonl(path: str | Path, problems: Sequence[WordProblem]) -> None:
     """Training records: `{"idx": i, "messages": [user, assistant]}` per line."""
     atomic_write_jsonl(path, [chat_record(p, i) for i, p in enumerate(problems)])
 
 
-def write_text_jsonl(path: str | Path, problems: Sequence[Problem]) -> None:
+def write_text_jsonl(path: str | Path, problems: Sequence[WordProblem]) -> None:
     """Pretraining records: `{"idx": i, "text": ...}` per line."""
     atomic_write_jsonl(path, [{"idx": i, "text": p.text()} for i, p in enumerate(problems)])
 
 
-def write_eval_json(path: str | Path, problems: Sequence[Problem]) -> None:
+def write_eval_json(path: str | Path, problems: Sequence[WordProblem]) -> None:
     """GSM8K layout of the reference's test sets: a JSON list of {instruction, input, output, answer}."""
     rows = [
         {"instruction": p.question, "input": "", "output": " ".join(p.steps), "answer": str(p.answer)}
@@ -256,7 +256,7 @@ def write_eval_json(path: str | Path, problems: Sequence[Problem]) -> None:
     atomic_write_json(path, rows)
 
 
-def corpus(problems: Sequence[Problem]) -> list[str]:
+def corpus(problems: Sequence[WordProblem]) -> list[str]:
     """Texts to build the tokenizer from: every rendering the pipeline will tokenize."""
     return [t for p in problems for t in (p.question, p.solution(), p.text())]
 

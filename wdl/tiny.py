@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config
 
 EOS_TOKEN = "<|endoftext|>"
@@ -77,8 +78,6 @@ def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 1024) 
     Any text is encodable (the 256 byte symbols are always in the vocabulary); `vocab_size` counts them,
     the merges and the special tokens. Deterministic for the same texts and vocab_size.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     n_min = 256 + len(SPECIAL_TOKENS)
     if vocab_size < n_min:
         raise ValueError(f"vocab_size={vocab_size} is too small: use at least {n_min} (256 bytes + special tokens)")

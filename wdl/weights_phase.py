@@ -7,18 +7,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from wdl.io import atomic_write_json, atomic_write_jsonl
-from wdl.pipeline import PipelineError
+from wdl.run_dir import PipelineError
+from wdl.sampling import brownboost_weights, resample, sampling_weights
+from wdl.scoring import read_scores
 
 
 def compute_weights(sampling, scores_dir: Path, out_dir: Path, *, brownboost: bool = False) -> str:
     """Merge the score files by idx, compute the sampling weights, resample; write weights.jsonl and
     resampled.json under `out_dir`; return the human-readable summary."""
-    import numpy as np
-
-    from wdl.sampling import brownboost_weights, resample, sampling_weights
-    from wdl.scoring import read_scores
-
     names = ["base", "sft", *(["third"] if brownboost else [])]
     tables = {}
     for n in names:

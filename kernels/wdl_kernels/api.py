@@ -1,60 +1,32 @@
-"""Public entry point: mixed_linear_cross_entropy (contract in the design brief, section 4)."""
+"""Public entry point: mixed_linear_cross_entropy."""
 
 from __future__ import annotations
 
-import functools
-import os
-import warnings
 from typing import NamedTuple
 
 import torch
 
-from .function import MixedLinearCrossEntropyFunction, forward_stats, reduce_loss
-from .problem import Backend, Problem
+from . import op  # noqa: F401  (registers the wdl_kernels:: custom ops)
+from .backends import resolve_impl
+from .options import MODES, LossOptions
 from .stats import MixedCEStats
-from .torch_impl import TorchBackend
-from .validation import IMPLS, check_inputs
+from .validation import check_bias, check_inputs, check_num_items
 
 
 class MixedCEOutput(NamedTuple):
     loss: torch.Tensor  # float32; scalar for "mean"/"sum", [N] for "none"
     stats: MixedCEStats | None  # per-row float32 stats of the mixed distribution (no grad), or None
+    lse: torch.Tensor | None = None  # return_lse: per-row log-sum-exp [N], differentiable
 
 
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def interpreter_active() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def select_backend(impl: str, device: torch.device) -> Backend:
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "auto":
-        impl = "triton" if device.type == "cuda" and triton_available() else "torch"
-    if impl == "torch":
-        return TorchBackend()
-    if not triton_available():
-        raise ValueError("impl='triton' needs the triton package: pip install triton, or use impl='torch'")
-    if device.type != "cuda" and not interpreter_active():
-        raise ValueError(
-            f"impl='triton' needs CUDA tensors (got {device}); use impl='torch' on the CPU, "
-            "or set TRITON_INTERPRET=1 before importing triton to run the kernels in the interpreter"
-        )
-    from .triton_impl import TritonBackend
-
-    return TritonBackend.for_device(device)
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_fallback(reason: str) -> None:
-    warnings.warn(f"wdl_kernels: using the chunked torch implementation: {reason}", stacklevel=3)
+def choose_mode(mode: str, reduction: str, return_lse: bool) -> str:
+    """The mode that runs. Fast mode computes the gradients in the forward, which needs a scalar upstream
+    (reduction "mean"/"sum") and a loss that is the only differentiable output; otherwise lean runs."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "fast" and (reduction == "none" or return_lse):
+        return "lean"
+    return mode
 
 
 def mixed_linear_cross_entropy(
@@ -69,43 +41,54 @@ def mixed_linear_cross_entropy(
     reduction: str = "mean",
     return_stats: bool = False,
     impl: str = "auto",
+    mode: str = "lean",
+    bias: torch.Tensor | None = None,
+    weak_bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    label_smoothing: float = 0.0,
+    num_items: float | torch.Tensor | None = None,
+    return_lse: bool = False,
+    validate: bool = True,
 ) -> MixedCEOutput:
-    """Cross-entropy of z = lam * hidden @ weight.T + (1 - lam) * weak_hidden @ weak_weight.T, never holding [N, V].
+    """Cross-entropy of mixed logits, never holding an [N, V] tensor.
 
-    Without a weak head, z = hidden @ weight.T. `reduction` is "mean" over non-ignored rows (0.0 when there
-    are none), "sum", or "none" ([N], 0 at ignored rows). The loss is float32 and differentiable w.r.t. every
-    input that requires grad; gradients come back in each input's dtype. Exact (no gradient filtering), fp32
-    accumulation, deterministic run to run.
+        z = softcap * tanh((lam * (hidden @ weight.T + bias) + (1 - lam) * (weak_hidden @ weak_weight.T
+            + weak_bias)) / temperature / softcap)
+        row loss = (1 - label_smoothing) * (lse - z_y) + label_smoothing * (lse - mean_j z_j) + z_loss * lse^2
+
+    Without a weak head the strong logits alone (coefficient 1); without softcap no tanh. `reduction`: "mean"
+    over non-ignored rows (0.0 when there are none), "sum", or "none" ([N], 0 at ignored rows); `num_items`
+    (a positive number or a one-element tensor, e.g. the global label-token count) replaces the mean's
+    divisor. The loss is float32 and differentiable w.r.t. every input that requires grad; gradients come back
+    in each input's dtype. Exact (no gradient filtering), fp32 accumulation, deterministic run to run.
+
+    mode: "lean" (default) recomputes the logits in the backward and keeps extra memory small (lean.py);
+    "fast" computes the gradients during the forward, 6NVH of GEMM work instead of 8NVH, at the cost of one
+    [chunk, V] workspace and, for batches over one chunk, fp32 dW accumulators (fast.py). Fast needs a scalar
+    upstream: with reduction="none" or return_lse=True lean runs. validate=False skips the label-range check
+    (a label outside [0, V) then gives its row a NaN loss).
     """
-    args = check_inputs(
-        hidden, weight, labels, weak_hidden, weak_weight, lam=lam, ignore_index=ignore_index, reduction=reduction
-    )
-    backend = select_backend(impl, args.hidden.device)
-    if not isinstance(backend, TorchBackend):
-        reason = backend.unsupported_reason(
-            [("hidden", args.hidden), ("weight", args.weight), ("weak_hidden", args.weak_hidden),
-             ("weak_weight", args.weak_weight)])
-        if reason is not None:
-            if impl == "triton":
-                raise ValueError(reason)
-            _warn_fallback(reason)
-            backend = TorchBackend()
-    return _mixed_ce(args.hidden, args.weight, args.labels, args.weak_hidden, args.weak_weight, args.lam,
-                     ignore_index, reduction, return_stats, backend)
+    args = check_inputs(hidden, weight, labels, weak_hidden, weak_weight)
+    opts = LossOptions(lam=lam, ignore_index=ignore_index, reduction=reduction, temperature=temperature,
+                       softcap=0.0 if softcap is None else softcap, z_loss=z_loss,
+                       label_smoothing=label_smoothing, with_stats=return_stats)
+    if softcap is not None and not opts.has_softcap:
+        raise ValueError(f"softcap must be > 0 (or None for no cap), got {softcap}")
+    vocab, device = args.weight.shape[0], args.hidden.device
+    bias = check_bias("bias", bias, vocab, device)
+    weak_bias = check_bias("weak_bias", weak_bias, vocab, device, head_given=args.weak_hidden is not None)
+    num_items_tensor, num_items_value = check_num_items(num_items, reduction, device)
+    backend = resolve_impl(impl, device)
+    run_fast = choose_mode(mode, reduction, return_lse) == "fast"
 
-
-def _mixed_ce(hidden, weight, labels, weak_hidden, weak_weight, lam, ignore_index, reduction, return_stats,
-              backend: Backend) -> MixedCEOutput:
-    """Validated (contiguous) inputs, explicit backend (tests use this to force tiny chunks and tiles)."""
-    inputs = (hidden, weight, weak_hidden, weak_weight)
-    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
-    if needs_grad:
-        loss, *stats = MixedLinearCrossEntropyFunction.apply(
-            hidden, weight, weak_hidden, weak_weight, labels, lam, ignore_index, reduction, return_stats, backend
-        )
-        stats = MixedCEStats(*stats)
-    else:  # forward-only fast path (scoring): nothing saved for backward
-        with torch.no_grad():
-            stats, valid = forward_stats(Problem(*inputs, labels, lam), backend, ignore_index, return_stats)
-            loss = reduce_loss(stats.nll, valid, reduction)
-    return MixedCEOutput(loss, stats if return_stats else None)
+    grad_inputs = (args.hidden, args.weight, args.weak_hidden, args.weak_weight, bias, weak_bias)
+    grad_on = torch.is_grad_enabled()
+    needs = [grad_on and x is not None and x.requires_grad for x in grad_inputs]
+    loss, _divisor, lse, *rest = torch.ops.wdl_kernels.mixed_ce(
+        args.hidden, args.weight, args.labels, args.weak_hidden, args.weak_weight, bias, weak_bias,
+        num_items_tensor, num_items_value, opts.lam, opts.ignore_index, opts.reduction, opts.temperature,
+        opts.softcap, opts.z_loss, opts.label_smoothing, return_stats, backend, run_fast, needs, validate)
+    stats = MixedCEStats(lse.detach(), *rest[:6]) if return_stats else None
+    return MixedCEOutput(loss, stats, lse if return_lse else None)

@@ -1,14 +1,17 @@
-"""Argument checks for mixed_linear_cross_entropy. Every failure is a ValueError that says what to fix."""
+"""Argument checks for mixed_linear_cross_entropy. Every failure is a ValueError that says what to fix.
+
+Shapes, dtypes and devices are checked here, without touching tensor data (no host sync, traceable by
+torch.compile); the label range is checked inside the op (op.py), on the device.
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-REDUCTIONS = ("mean", "sum", "none")
 IMPLS = ("auto", "triton", "torch")
 
 
@@ -19,7 +22,6 @@ class CheckedArgs:
     labels: torch.Tensor
     weak_hidden: torch.Tensor | None
     weak_weight: torch.Tensor | None
-    lam: float
 
 
 def _check_2d(name: str, x) -> None:
@@ -40,9 +42,7 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
-def check_inputs(
-    hidden, weight, labels, weak_hidden, weak_weight, *, lam, ignore_index, reduction, check_label_range: bool = True
-) -> CheckedArgs:
+def check_inputs(hidden, weight, labels, weak_hidden, weak_weight) -> CheckedArgs:
     _check_2d("hidden", hidden)
     _check_2d("weight", weight)
     n, hs = hidden.shape
@@ -85,17 +85,6 @@ def check_inputs(
     for name, x in tensors[1:]:
         if x.device != hidden.device:
             raise ValueError(f"{name} is on {x.device} but hidden is on {hidden.device}: move all inputs to one device")
-    try:
-        lam = float(lam)
-    except (TypeError, ValueError):
-        raise ValueError(f"lam must be a float in [0, 1], got {lam!r}") from None
-    if not (math.isfinite(lam) and 0.0 <= lam <= 1.0):
-        raise ValueError(f"lam must be in [0, 1] (weight of the strong logits), got {lam}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not isinstance(ignore_index, int):
-        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
-
     # dtypes: one compute dtype. Under autocast, cast to the autocast dtype as F.linear would; otherwise
     # mixing dtypes is an error (silently upcasting a [V, H] weight would cost a full copy).
     floats = [(name, x) for name, x in tensors if name != "labels"]
@@ -111,15 +100,42 @@ def check_inputs(
             weak_hidden, weak_weight = weak_hidden.to(ac), weak_weight.to(ac)
 
     labels = labels.long()
-    if check_label_range:
-        bad = (labels != ignore_index) & ((labels < 0) | (labels >= v))
-        if bool(bad.any()):
-            first = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"labels[{first}] = {int(labels[first])} is outside [0, V={v}) and is not ignore_index={ignore_index}: "
-                "fix the targets (or mark positions to skip with ignore_index)"
-            )
+
     def dense(x):
         return None if x is None else x.contiguous()
 
-    return CheckedArgs(dense(hidden), dense(weight), labels.contiguous(), dense(weak_hidden), dense(weak_weight), lam)
+    return CheckedArgs(dense(hidden), dense(weight), labels.contiguous(), dense(weak_hidden), dense(weak_weight))
+
+
+def check_bias(name: str, bias, vocab: int, device: torch.device, head_given: bool = True):
+    """A [V] lm_head bias (any float dtype: it is mixed in fp32), or None."""
+    if bias is None:
+        return None
+    if not head_given:
+        raise ValueError(f"{name} was given without weak_hidden/weak_weight: pass the weak head too, or drop it")
+    if not isinstance(bias, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape [V], got {type(bias).__name__}")
+    if bias.dim() != 1 or bias.shape[0] != vocab:
+        raise ValueError(f"{name} must be 1-D with V={vocab} entries (the lm_head bias), got shape {tuple(bias.shape)}")
+    if bias.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {bias.dtype}")
+    if bias.device != device:
+        raise ValueError(f"{name} is on {bias.device} but hidden is on {device}: move all inputs to one device")
+    return bias.contiguous()
+
+
+def check_num_items(num_items, reduction: str, device: torch.device) -> tuple[torch.Tensor | None, float]:
+    """(tensor, value): the divisor of the summed loss, as a 0-d tensor or a positive float (0.0 = none)."""
+    if num_items is None:
+        return None, 0.0
+    if reduction == "none":
+        raise ValueError("num_items divides the summed loss: use it with reduction='sum' or 'mean', not 'none'")
+    if isinstance(num_items, torch.Tensor):
+        if num_items.numel() != 1:
+            raise ValueError(f"num_items must be a number or a one-element tensor, got shape {tuple(num_items.shape)}")
+        if num_items.device != device and num_items.device.type != "cpu":
+            raise ValueError(f"num_items is on {num_items.device} but hidden is on {device}")
+        return num_items, 0.0
+    if isinstance(num_items, bool) or not isinstance(num_items, (int, float)) or not num_items > 0:
+        raise ValueError(f"num_items must be a positive number (e.g. the global count of label tokens), got {num_items!r}")
+    return None, float(num_items)

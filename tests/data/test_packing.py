@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wdl.data import DataConfig, StepLoader, iter_scoring_batches
-
-IGNORE = -100
+from wdl.labels import IGNORE_INDEX
 
 
 def fake_dataset(lengths, seed=0) -> datasets.Dataset:
@@ -18,11 +17,11 @@ def fake_dataset(lengths, seed=0) -> datasets.Dataset:
     rows = {"idx": [], "input_ids": [], "labels": [], "num_label_tokens": [], "length": []}
     for i, n in enumerate(lengths):
         ids = torch.randint(5, 100, (n,), generator=g).tolist()
-        labels = [ids[t + 1] if t >= n // 2 else IGNORE for t in range(n - 1)] + [IGNORE]
+        labels = [ids[t + 1] if t >= n // 2 else IGNORE_INDEX for t in range(n - 1)] + [IGNORE_INDEX]
         rows["idx"].append(1000 + i)
         rows["input_ids"].append(ids)
         rows["labels"].append(labels)
-        rows["num_label_tokens"].append(sum(y != IGNORE for y in labels))
+        rows["num_label_tokens"].append(sum(y != IGNORE_INDEX for y in labels))
         rows["length"].append(n)
     return datasets.Dataset.from_dict(rows)
 
@@ -37,16 +36,16 @@ def samples_in(mb) -> dict[int, torch.Tensor]:
     """idx -> its tokens, checking the layout invariants of one micro-batch."""
     ids, labels, pos, sidx = mb["input_ids"][0], mb["labels"][0], mb["position_ids"][0], mb["sample_idx"][0]
     assert ids.shape == labels.shape == pos.shape == sidx.shape and mb["input_ids"].shape[0] == 1
-    assert mb["num_label_tokens"] == int((labels != IGNORE).sum())
+    assert mb["num_label_tokens"] == int((labels != IGNORE_INDEX).sum())
     out, t = {}, 0
     while t < len(ids) and sidx[t] >= 0:
         idx = int(sidx[t])
         n = int((sidx == idx).sum())
         assert torch.equal(pos[t:t + n], torch.arange(n)), "position ids restart at 0 for every sample"
-        assert labels[t + n - 1] == IGNORE, "no target across a sample boundary"
+        assert labels[t + n - 1] == IGNORE_INDEX, "no target across a sample boundary"
         out[idx] = ids[t:t + n]
         t += n
-    assert (sidx[t:] == -1).all() and (labels[t:] == IGNORE).all(), "padding is unlabelled"
+    assert (sidx[t:] == -1).all() and (labels[t:] == IGNORE_INDEX).all(), "padding is unlabelled"
     return out
 
 

@@ -8,16 +8,16 @@ import wdl.data.tokenize as tokmod
 from tests.data.conftest import chat, write_jsonl
 from wdl.data import load_records, tokenize_records
 
-IGNORE = -100
+from wdl.labels import IGNORE_INDEX
 
 
 def supervised_text(tok, row) -> str:
     """Decode the targets: labels are shifted, so label[t] is the token at t + 1."""
     ids, labels = row["input_ids"], row["labels"]
-    assert labels[-1] == IGNORE and len(ids) == len(labels)
+    assert labels[-1] == IGNORE_INDEX and len(ids) == len(labels)
     for t, y in enumerate(labels[:-1]):
-        assert y == IGNORE or y == ids[t + 1], f"label {t} is not the next token"
-    return tok.decode([y for y in labels if y != IGNORE])
+        assert y == IGNORE_INDEX or y == ids[t + 1], f"label {t} is not the next token"
+    return tok.decode([y for y in labels if y != IGNORE_INDEX])
 
 
 def test_completion_only_labels_multi_turn(tmp_path, make_cfg, tiny_tokenizer):
@@ -30,7 +30,7 @@ def test_completion_only_labels_multi_turn(tmp_path, make_cfg, tiny_tokenizer):
     row = ds[0]
     # the earlier turn as the template renders it in the full conversation (no reasoning), each ending in <|im_end|>
     assert supervised_text(tiny_tokenizer, row) == "A1<|im_end|><think>\nr2\n</think>\n\nA2<|im_end|>"
-    assert report.label_tokens == row["num_label_tokens"] == sum(y != IGNORE for y in row["labels"])
+    assert report.label_tokens == row["num_label_tokens"] == sum(y != IGNORE_INDEX for y in row["labels"])
     assert row["length"] == len(row["input_ids"])
     assert tiny_tokenizer.decode(row["input_ids"]).startswith("<|im_start|>system\nBe brief.")
 

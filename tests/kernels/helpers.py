@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from wdl_kernels.api import _mixed_ce
+import wdl_kernels
+from wdl_kernels import register_backend
 from wdl_kernels.reference import reference_loss_and_stats
-from wdl_kernels.torch_impl import TorchBackend
+from wdl_kernels.torch_backend import TorchBackend
 
-STAT_NAMES = ("lse", "entropy", "nll", "target_logit", "margin", "max_prob")
+STAT_NAMES = ("lse", "entropy", "nll", "target_logit", "margin", "max_prob", "accuracy")
+IMPLS = ("torch-small", "triton-small")
+MODES = ("lean", "fast")
 
 
-def small_backends() -> dict:
-    """Backends configured so that small problems still cross tile/split/chunk boundaries."""
-    from wdl_kernels.triton_impl import TritonBackend
+def register_small_backends() -> None:
+    """Backends configured so that small problems still cross tile, split and chunk boundaries."""
+    from wdl_kernels.triton_backend import TritonBackend
 
-    return {
-        "torch": TorchBackend(chunk_elements=96, max_token_chunk=8),
-        "triton": TritonBackend(block_m=16, block_n=32, block_k=16, num_warps=4, num_stages=1, splits=3,
-                                vocab_chunk=64, rowdot_block_m=16, rowdot_block_k=16, interpret=True),
-    }
+    register_backend("torch-small", TorchBackend(chunk_elements=96, max_token_chunk=8, token_chunk=10))
+    register_backend("triton-small", TritonBackend(
+        block_m=16, block_n=32, block_k=16, num_warps=4, num_stages=1, group_m=2, splits=3, vocab_chunk=64,
+        token_chunk=16, fast_grad_block=(16, 32), interpret=True))
+
+
+register_small_backends()
 
 
 @dataclass
@@ -36,10 +42,27 @@ class Case:
     reduction: str = "mean"
     dtype: torch.dtype = torch.float32
     seed: int = 0
+    mode: str = "lean"
+    bias: bool = False
+    temperature: float = 1.0
+    softcap: float | None = None
+    z_loss: float = 0.0
+    label_smoothing: float = 0.0
+    num_items: float | None = None
+
+    def options(self) -> dict:
+        return dict(lam=self.lam, reduction=self.reduction, temperature=self.temperature, softcap=self.softcap,
+                    z_loss=self.z_loss, label_smoothing=self.label_smoothing, num_items=self.num_items)
+
+    def replace(self, **kw) -> "Case":
+        return dataclasses.replace(self, **kw)
 
 
 def make_inputs(case: Case, device="cpu"):
-    """Float64 leaf tensors (the reference's), their `case.dtype` copies (the kernel's), labels and upstream."""
+    """Float64 leaf tensors (the reference's), their `case.dtype` copies (the kernel's), labels and upstream.
+
+    Order: hidden, weight, [weak_hidden, weak_weight], [bias, [weak_bias]].
+    """
     g = torch.Generator().manual_seed(case.seed)
 
     def rand(*shape, scale=1.0):
@@ -48,6 +71,8 @@ def make_inputs(case: Case, device="cpu"):
     ref = [rand(case.n, case.hs, scale=case.scale), rand(case.vocab, case.hs, scale=case.hs ** -0.5)]
     if case.hw is not None:
         ref += [rand(case.n, case.hw, scale=case.scale), rand(case.vocab, case.hw, scale=case.hw ** -0.5)]
+    if case.bias:
+        ref += [rand(case.vocab)] + ([rand(case.vocab, scale=0.5)] if case.hw is not None else [])
     labels = torch.randint(0, case.vocab, (case.n,), generator=g)
     labels[torch.rand(case.n, generator=g) < case.ignore_frac] = -100
     for x in ref:
@@ -58,18 +83,28 @@ def make_inputs(case: Case, device="cpu"):
     return ref, ours, labels.to(device), upstream
 
 
-def run_ours(ours, labels, case: Case, backend, upstream):
-    hs, ws, *weak = ours
-    hw, ww = weak if weak else (None, None)
-    out = _mixed_ce(hs, ws, labels, hw, ww, case.lam, -100, case.reduction, True, backend)
+def split_inputs(tensors, case: Case) -> dict:
+    """Keyword arguments of the loss from make_inputs' list."""
+    it = iter(tensors)
+    kw = dict(hidden=next(it), weight=next(it))
+    if case.hw is not None:
+        kw.update(weak_hidden=next(it), weak_weight=next(it))
+    if case.bias:
+        kw["bias"] = next(it)
+        if case.hw is not None:
+            kw["weak_bias"] = next(it)
+    return kw
+
+
+def run_ours(ours, labels, case: Case, impl: str, upstream, **extra):
+    out = wdl_kernels.mixed_linear_cross_entropy(labels=labels, **split_inputs(ours, case), **case.options(),
+                                                 mode=case.mode, return_stats=True, impl=impl, **extra)
     out.loss.backward(upstream.to(out.loss.device, torch.float32))
     return out
 
 
 def run_reference(ref, labels, case: Case, upstream):
-    hs, ws, *weak = ref
-    hw, ww = weak if weak else (None, None)
-    loss, stats = reference_loss_and_stats(hs, ws, labels.cpu(), hw, ww, lam=case.lam, reduction=case.reduction)
+    loss, stats = reference_loss_and_stats(labels=labels.cpu(), **split_inputs(ref, case), **case.options())
     loss.backward(upstream)
     return loss, stats
 
@@ -98,22 +133,25 @@ def tolerances(case: Case) -> tuple[float, float, float]:
     return 1e-2, 5e-3, 1e-3 * logit_scale  # fp16/bf16: dL/dz is rounded to the input dtype for the GEMMs
 
 
-def check_against_reference(case: Case, backend, device="cpu"):
+def check_against_reference(case: Case, impl: str, device="cpu"):
     ref, ours, labels, upstream = make_inputs(case, device)
-    out = run_ours(ours, labels, case, backend, upstream)
+    out = run_ours(ours, labels, case, impl, upstream)
     ref_loss, ref_stats = run_reference(ref, labels, case, upstream)
     rtol, frac, floor = tolerances(case)
     assert out.loss.dtype == torch.float32
-    assert_close("loss", out.loss, ref_loss, rtol, frac, floor)
+    assert_close("loss", out.loss, ref_loss, rtol, frac, floor * max(1.0, float(ref_loss.detach().abs().max())))
     # A gradient's natural unit is |upstream| x |the other GEMM operand| (|dL/dz| <= 2|upstream| per row): near
     # one-hot rows p - 1 cancels below that unit's resolution, so the floor is relative to it.
     g_unit = float(upstream.abs().max()) if upstream.numel() else 0.0
-    partner = {0: ref[1], 1: ref[0], 2: ref[3] if len(ref) > 2 else None, 3: ref[2] if len(ref) > 2 else None}
-    for i, (name, a, r) in enumerate(zip(("d_hidden", "d_weight", "d_weak_hidden", "d_weak_weight"), ours, ref)):
-        assert a.grad is not None, f"{name}: no gradient"
-        assert a.grad.dtype == a.dtype, f"{name}: gradient dtype {a.grad.dtype} != input dtype {a.dtype}"
-        unit = g_unit * float(partner[i].detach().abs().max())
-        assert_close(name, a.grad, r.grad, rtol, frac, floor=(1e-6 if case.dtype == torch.float32 else 1e-3) * unit)
+    names = list(split_inputs(range(len(ref)), case))
+    partner = {"hidden": "weight", "weight": "hidden", "weak_hidden": "weak_weight", "weak_weight": "weak_hidden"}
+    for name, a, r in zip(names, ours, ref):
+        assert a.grad is not None, f"d_{name}: no gradient"
+        assert a.grad.dtype == a.dtype, f"d_{name}: gradient dtype {a.grad.dtype} != input dtype {a.dtype}"
+        other = ref[names.index(partner[name])] if name in partner else None
+        unit = g_unit * (float(other.detach().abs().max()) if other is not None else float(labels.numel()))
+        assert_close(f"d_{name}", a.grad, r.grad, rtol, frac,
+                     floor=(1e-6 if case.dtype == torch.float32 else 1e-3) * unit / case.temperature)
     for name, a, r in zip(STAT_NAMES, out.stats, ref_stats):
         assert a.dtype == torch.float32 and not a.requires_grad, name
         assert_close(f"stats.{name}", a, r, rtol, frac, floor)

@@ -34,11 +34,25 @@ def inputs(**over):
         (dict(weak_hidden=torch.randn(N, 4), weak_weight=torch.randn(V + 1, 4)), {}, "share the vocabulary"),
         (dict(weak_hidden=torch.randn(N, 4), weak_weight=torch.randn(V, 5)), {}, "weak_weight must be [V, 4]"),
         ({}, dict(lam=1.5), "lam must be in [0, 1]"),
-        ({}, dict(lam=float("nan")), "lam must be in [0, 1]"),
+        ({}, dict(lam=float("nan")), "lam must be finite"),
         ({}, dict(lam="x"), "lam must be a float"),
         ({}, dict(reduction="avg"), "reduction must be one of"),
         ({}, dict(impl="cuda"), "impl must be one of"),
         (dict(hidden=[[1.0]]), {}, "hidden must be a torch.Tensor"),
+        ({}, dict(mode="turbo"), "mode must be one of"),
+        ({}, dict(temperature=0.0), "temperature must be > 0"),
+        ({}, dict(temperature=float("inf")), "temperature must be finite"),
+        ({}, dict(softcap=-1.0), "softcap must be > 0"),
+        ({}, dict(softcap=0.0), "softcap must be > 0"),
+        ({}, dict(z_loss=-1e-4), "z_loss must be >= 0"),
+        ({}, dict(label_smoothing=1.5), "label_smoothing must be in [0, 1]"),
+        ({}, dict(bias=torch.randn(V + 1)), "bias must be 1-D with V=11"),
+        ({}, dict(bias=torch.randn(V).double()), "bias must be float32"),
+        ({}, dict(weak_bias=torch.randn(V)), "weak_bias was given without weak_hidden"),
+        ({}, dict(num_items=0), "num_items must be a positive number"),
+        ({}, dict(num_items=torch.ones(2)), "num_items must be a number or a one-element tensor"),
+        ({}, dict(num_items=3, reduction="none"), "not 'none'"),
+        ({}, dict(ignore_index=1.5), "ignore_index must be an int"),
     ],
 )
 def test_bad_input_raises_value_error(over, kwargs, message):
@@ -94,3 +108,28 @@ def test_module_equals_functional():
     b = wdl_kernels.mixed_linear_cross_entropy(**args, lam=0.3, reduction="sum", return_stats=True)
     assert torch.equal(a.loss, b.loss) and all(torch.equal(x, y) for x, y in zip(a.stats, b.stats))
     assert "lam=0.3" in repr(mod)
+
+
+def test_validate_false_gives_nan_rows_instead_of_reading_out_of_range():
+    labels = torch.tensor([0, 1, 2, V + 5, -3, 0])
+    out = wdl_kernels.mixed_linear_cross_entropy(**inputs(labels=labels), reduction="none", validate=False,
+                                                 return_stats=True)
+    assert torch.isnan(out.loss[3]) and torch.isnan(out.loss[4]) and torch.isfinite(out.loss[[0, 1, 2, 5]]).all()
+    assert out.stats.accuracy[3] == 0 and out.stats.accuracy[4] == 0
+
+
+def test_num_items_tensor_equals_number():
+    args = inputs()
+    a = wdl_kernels.mixed_linear_cross_entropy(**args, num_items=torch.tensor(7)).loss
+    b = wdl_kernels.mixed_linear_cross_entropy(**args, num_items=7).loss
+    c = wdl_kernels.mixed_linear_cross_entropy(**args, reduction="sum").loss / 7
+    assert torch.equal(a, b) and torch.allclose(a, c)
+
+
+def test_register_backend_rejects_builtin_names_and_non_backends():
+    from wdl_kernels.torch_backend import TorchBackend
+
+    with pytest.raises(ValueError, match="built-in impl name"):
+        wdl_kernels.register_backend("torch", TorchBackend())
+    with pytest.raises(ValueError, match="must be a TorchBackend or TritonBackend"):
+        wdl_kernels.register_backend("mine", object())

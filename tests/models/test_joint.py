@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from wdl.models import JointModel, decoder_hidden_states, lm_head_weight, save_hf_checkpoint
+from wdl.models import FusedMixedCrossEntropy, JointModel, decoder_hidden_states, lm_head_weight, save_hf_checkpoint
 from wdl.tiny import IM_END, tiny_qwen3_config
+
+TORCH_LOSS = FusedMixedCrossEntropy(impl="torch")
 
 
 def _model(vocab: int, seed: int, **kw):
@@ -50,7 +52,7 @@ def test_fused_loss_and_all_gradients_match_materialized_reference(mode):
     frozen = mode == "joint_frozen"
     if frozen:
         weak_ref.requires_grad_(False)
-    joint = JointModel(models[0], weak, lam=lam, freeze_weak=frozen, kernel_impl="torch")
+    joint = JointModel(models[0], weak, lam=lam, freeze_weak=frozen, loss=TORCH_LOSS)
     ids, labels, pos = _batch(vocab)
     out = joint(ids, labels, pos)
     out.loss.backward()
@@ -79,16 +81,6 @@ def test_fused_loss_and_all_gradients_match_materialized_reference(mode):
         torch.testing.assert_close(out.stats.nll[valid], nll[valid], rtol=1e-4, atol=1e-4)
 
 
-def test_reference_loss_impl_equals_fused_path():
-    vocab = 300
-    s, w = _model(vocab, 1), _model(vocab, 2)
-    ids, labels, pos = _batch(vocab)
-    fused = JointModel(s, w, lam=0.5, kernel_impl="torch")(ids, labels, pos)
-    ref = JointModel(s, w, lam=0.5, loss_impl="reference")(ids, labels, pos)
-    torch.testing.assert_close(fused.loss, ref.loss, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(fused.stats.margin, ref.stats.margin, rtol=1e-4, atol=1e-4)
-
-
 def test_frozen_weak_stays_in_eval_mode_and_without_grad():
     s, w = _model(300, 1), _model(300, 2)
     joint = JointModel(s, w, freeze_weak=True)
@@ -106,7 +98,7 @@ def test_hidden_states_path_never_calls_lm_head():
     called = []
     s.lm_head.register_forward_hook(lambda *a: called.append(1))
     ids, labels, pos = _batch(300)
-    JointModel(s, kernel_impl="torch")(ids, labels, pos)
+    JointModel(s, loss=TORCH_LOSS)(ids, labels, pos)
     assert not called
     assert lm_head_weight(s) is s.model.embed_tokens.weight  # tied
 
@@ -153,7 +145,7 @@ def test_autocast_runs_the_fused_head_in_the_autocast_dtype():
         return original(hidden, weight, *a, **k)
 
     ids, labels, pos = _batch(300)
-    joint = JointModel(s, kernel_impl="torch")
+    joint = JointModel(s, loss=TORCH_LOSS)
     try:
         wdl_kernels.mixed_linear_cross_entropy = spy
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -7,7 +7,8 @@ import pytest
 
 from wdl.cli import main
 from wdl.config import dump_yaml, load_pipeline_config, preset_names
-from wdl.pipeline import Pipeline, PipelineError
+from wdl.pipeline import Pipeline
+from wdl.run_dir import PipelineError
 
 DATA = "data.sources=[train.jsonl]"
 

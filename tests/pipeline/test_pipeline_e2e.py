@@ -1,4 +1,4 @@
-"""The tiny pipeline end to end in a subprocess: every output of the design brief §6, skipping complete phases on
+"""The tiny pipeline end to end in a subprocess: every output `wdl run` promises (models, report.json, per-phase logs), skipping complete phases on
 a rerun, and resuming after `kill -9` with logs equal (bitwise) to an uninterrupted run's."""
 
 from __future__ import annotations

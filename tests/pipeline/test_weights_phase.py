@@ -11,7 +11,7 @@ import pytest
 from wdl.cli import main
 from wdl.config import BrownBoostConfig, SamplingConfig
 from wdl.io import atomic_write_jsonl
-from wdl.pipeline import PipelineError
+from wdl.run_dir import PipelineError
 from wdl.weights_phase import compute_weights
 from wdl.sampling import brownboost_weights, sampling_weights
 

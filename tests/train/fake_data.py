@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE = -100
+from wdl.labels import IGNORE_INDEX
 
 
 def make_samples(n: int, vocab: int, *, seed: int = 0, min_len: int = 8, max_len: int = 24) -> list[dict]:
@@ -20,7 +20,7 @@ def make_samples(n: int, vocab: int, *, seed: int = 0, min_len: int = 8, max_len
     for i in range(n):
         length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
         ids = torch.randint(5, vocab, (length,), generator=g)
-        labels = torch.full((length,), IGNORE)
+        labels = torch.full((length,), IGNORE_INDEX)
         start = length // 2  # "completion" = second half: labels[t] = ids[t + 1] there
         labels[start - 1 : length - 1] = ids[start:]
         out.append({"idx": 1000 + i, "input_ids": ids, "labels": labels})
@@ -29,7 +29,7 @@ def make_samples(n: int, vocab: int, *, seed: int = 0, min_len: int = 8, max_len
 
 def pack(samples: list[dict], tokens: int) -> dict:
     ids = torch.zeros(1, tokens, dtype=torch.long)
-    labels = torch.full((1, tokens), IGNORE, dtype=torch.long)
+    labels = torch.full((1, tokens), IGNORE_INDEX, dtype=torch.long)
     pos = torch.zeros(1, tokens, dtype=torch.long)
     sidx = torch.full((1, tokens), -1, dtype=torch.long)
     t = 0
@@ -42,7 +42,7 @@ def pack(samples: list[dict], tokens: int) -> dict:
         t += n
     pos[0, t:] = torch.arange(tokens - t)  # padding: its own segment, no labels
     return {"input_ids": ids, "labels": labels, "position_ids": pos, "sample_idx": sidx,
-            "num_label_tokens": int((labels != IGNORE).sum())}
+            "num_label_tokens": int((labels != IGNORE_INDEX).sum())}
 
 
 def pack_all(samples: list[dict], tokens: int) -> list[dict]:
@@ -67,9 +67,10 @@ class FakeDataConfig:
 
 
 @dataclass
-class Step:
+class StepBatch:
     micro_batches: list[dict]
     global_num_label_tokens: int
+    num_samples: int
 
 
 class FakeStepLoader:
@@ -93,7 +94,8 @@ class FakeStepLoader:
         while self.position < len(steps):
             mbs = steps[self.position]
             self.position += 1
-            yield Step(mbs[self.rank :: self.world], sum(m["num_label_tokens"] for m in mbs))
+            samples = sum(int(torch.unique(m["sample_idx"][m["sample_idx"] >= 0]).numel()) for m in mbs)
+            yield StepBatch(mbs[self.rank :: self.world], sum(m["num_label_tokens"] for m in mbs), samples)
         self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
@@ -107,10 +109,7 @@ def use_fake_loader(monkeypatch=None) -> None:
     """Route wdl.train's loader construction to FakeStepLoader (dataset = list of samples)."""
     import wdl.train.loop as loop
 
-    def make(dataset, data, *, rank, world_size):
-        return FakeStepLoader(dataset, data, rank=rank, world_size=world_size)
-
     if monkeypatch is not None:
-        monkeypatch.setattr(loop, "make_loader", make)
+        monkeypatch.setattr(loop, "StepLoader", FakeStepLoader)
     else:
-        loop.make_loader = make
+        loop.StepLoader = FakeStepLoader

@@ -45,7 +45,7 @@ def test_qwen3_shapes_give_the_published_parameter_counts(bench):
     import torch
     from transformers import AutoModelForCausalLM
 
-    expected = {"0.6b": 0.596, "1.7b": 1.721, "4b": 4.022, "8b": 8.191}  # reference/paper.md section 4.1
+    expected = {"0.6b": 0.596, "1.7b": 1.721, "4b": 4.022, "8b": 8.191}  # the Qwen3 model cards (billions)
     for name, billions in expected.items():
         with torch.device("meta"):
             m = AutoModelForCausalLM.from_config(bench.qwen3_config(name, bench.QWEN3_VOCAB, "sdpa"))
@@ -95,3 +95,34 @@ def test_report_rebuilds_the_summary_from_recorded_rows(bench, tmp_path, capsys)
     assert (tmp_path / "e2e.png").stat().st_size > 0
     assert bench.main(["--report", str(tmp_path / "missing.jsonl")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_materialized_reference_loss_equals_the_fused_loss(bench):
+    """The benchmark's baseline (full logits, stacked, mixed, fp32 cross-entropy) plugged into JointModel gives the
+    fused kernel's loss and statistics."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from wdl.models import FusedMixedCrossEntropy, JointModel
+    from wdl.tiny import tiny_qwen3_config
+
+    vocab = 300
+
+    def model(seed):
+        torch.manual_seed(seed)
+        m = AutoModelForCausalLM.from_config(tiny_qwen3_config(vocab, num_hidden_layers=2, hidden_size=64,
+                                                               intermediate_size=128))
+        m.config.use_cache = False
+        return m
+
+    s, w = model(1), model(2)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (2, 24), generator=g)
+    labels = torch.randint(0, vocab, (2, 24), generator=g)
+    labels[:, :5] = -100
+    labels[1, -3:] = -100
+    pos = torch.cat([torch.arange(10), torch.arange(14)]).repeat(2, 1)  # two packed sequences per row
+    fused = JointModel(s, w, lam=0.5, loss=FusedMixedCrossEntropy(impl="torch"))(ids, labels, pos)
+    ref = JointModel(s, w, lam=0.5, loss=bench.MaterializedMixedCrossEntropy())(ids, labels, pos)
+    torch.testing.assert_close(fused.loss, ref.loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(fused.stats.margin, ref.stats.margin, rtol=1e-4, atol=1e-4)

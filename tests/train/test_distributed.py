@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from wdl.train.loop import read_log
+from wdl.io import read_jsonl
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 DATA = {"tokens_per_micro_batch": 48, "micro_batches_per_step": 4}
@@ -66,7 +66,7 @@ def single_run(tmp_path_factory, model_pair):
 
 
 def _assert_same_run(a: Path, b: Path, *, rtol: float = 1e-5, atol: float = 2e-5) -> None:
-    la, lb = read_log(a / "log.jsonl"), read_log(b / "log.jsonl")
+    la, lb = read_jsonl(a / "log.jsonl"), read_jsonl(b / "log.jsonl")
     assert [r["step"] for r in la] == [r["step"] for r in lb] == [1, 2, 3]
     for ra, rb in zip(la, lb):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=rtol)
@@ -114,12 +114,12 @@ def test_exact_resume_after_kill_9(tmp_path, model_pair):
     full = _run(tmp_path, "full", model_pair, train=train)
     _run(tmp_path, "killed", model_pair, train=train, kill_at=5, expect_kill=True)
     killed = tmp_path / "killed"
-    assert [r["step"] for r in read_log(killed / "log.jsonl")] == [1, 2, 3, 4, 5]
+    assert [r["step"] for r in read_jsonl(killed / "log.jsonl")] == [1, 2, 3, 4, 5]
     assert not (killed / "out").exists()
     _run(tmp_path, "killed", model_pair, train=train)  # same command again: resumes from step-4
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["resumed_from"] == 4
-    la, lb = read_log(full / "log.jsonl"), read_log(killed / "log.jsonl")
+    la, lb = read_jsonl(full / "log.jsonl"), read_jsonl(killed / "log.jsonl")
     assert [r["step"] for r in lb] == list(range(1, 8))
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
     assert [r["grad_norm"] for r in la] == [r["grad_norm"] for r in lb]
@@ -135,7 +135,7 @@ def test_deepspeed_skips_a_nan_step_without_touching_the_weights(tmp_path, model
     ds = {"backend": "deepspeed", "zero_stage": 3, "schedule": "constant", "nan_policy": "skip"}
     poisoned = _run(tmp_path, "nan", model_pair, train={**ds, "max_steps": 3}, nan_at=3)
     short = _run(tmp_path, "short", model_pair, train={**ds, "max_steps": 2})
-    rows = read_log(poisoned / "log.jsonl")
+    rows = read_jsonl(poisoned / "log.jsonl")
     assert rows[2]["nonfinite"] and rows[2]["skipped"] and not rows[1]["skipped"]
     assert json.loads((poisoned / "summary.json").read_text())["skipped_steps"] == 1
     a, b = load_file(poisoned / "out" / "model.safetensors"), load_file(short / "out" / "model.safetensors")

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from fake_data import FakeDataConfig, pack, use_fake_loader
-from wdl.models import JointModel
+from wdl.distributed import DistContext
+from wdl.models import FusedMixedCrossEntropy, JointModel
 from wdl.train import NonFiniteLossError, TrainConfig, train_phase
-from wdl.train.backends import TorchBackend
 from wdl.train.checkpoint import CheckpointManager, complete_checkpoints, latest_checkpoint
-from wdl.train.distributed import DistInfo
-from wdl.train.loop import Trainer, read_log
+from wdl.train.torch_backend import SingleBackend
+from wdl.io import read_jsonl
+from wdl.train.loop import Trainer
 from wdl.train.optim import LRSchedule
 
 DATA = FakeDataConfig(tokens_per_micro_batch=48, micro_batches_per_step=2)
@@ -49,7 +50,7 @@ def test_tiny_qwen3_learns(tmp_path, model_pair, samples, mode):
     if mode != "sft":
         weak_before = {k: v.clone() for k, v in trainer.backend.joint.weak.state_dict().items()}
     summary = trainer.run()
-    rows = read_log(tmp_path / "log.jsonl")
+    rows = read_jsonl(tmp_path / "log.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 11))
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5, [r["loss"] for r in rows]
     assert summary.steps == 10 and summary.skipped_steps == 0 and summary.final_loss == rows[-1]["loss"]
@@ -68,6 +69,21 @@ def test_tiny_qwen3_learns(tmp_path, model_pair, samples, mode):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+def test_fast_kernel_mode_trains_like_lean(tmp_path, model_pair, samples):
+    """train.kernel_mode=fast (gradients in the forward) gives lean's losses and weights to fp32 rounding."""
+    results = []
+    for mode in ("lean", "fast"):
+        out = tmp_path / mode
+        trainer = _trainer(out, model_pair, samples[:8], _cfg(max_steps=4, kernel_mode=mode, checkpoint_every=4))
+        trainer.run()
+        rows = read_jsonl(out / "log.jsonl")
+        results.append(([r["loss"] for r in rows], trainer.backend.joint.strong.state_dict()))
+    (lean_losses, lean_weights), (fast_losses, fast_weights) = results
+    assert lean_losses == pytest.approx(fast_losses, rel=1e-5)
+    for k, v in lean_weights.items():
+        torch.testing.assert_close(fast_weights[k], v, rtol=1e-4, atol=1e-4)  # Adam: 1e-4 << lr 3e-3 per step
+
+
 def test_token_weighted_accumulation_is_independent_of_the_split(model_pair, samples):
     """One micro-batch of 4 rows == 4 micro-batches of 1 row (different label counts per row)."""
     from wdl.models import load_causal_lm
@@ -79,10 +95,10 @@ def test_token_weighted_accumulation_is_independent_of_the_split(model_pair, sam
     for batches in ([merged], mbs):
         strong = load_causal_lm(model_pair[0], attn_implementation="sdpa")
         weak = load_causal_lm(model_pair[1], attn_implementation="sdpa")
-        backend = TorchBackend(JointModel(strong, weak, kernel_impl="torch"), _cfg(),
-                               DistInfo(0, 1, 0, torch.device("cpu")), torch.float32)
+        backend = SingleBackend(_cfg(), DistContext(0, 1, 0, torch.device("cpu")))
+        backend.setup(JointModel(strong, weak, loss=FusedMixedCrossEntropy(impl="torch")))
         for b in batches:
-            backend.forward_backward(b, 1.0 / n_global)
+            backend.forward_backward(b, n_global)
         grads.append([p.grad.clone() for p in backend.params])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -112,7 +128,7 @@ def test_nan_policy_stop_raises_before_the_update(tmp_path, model_pair, samples,
     with pytest.raises(NonFiniteLossError, match=r"step 2: non-finite loss.*nan_policy=stop"):
         trainer.run()
     assert len(snapshots) == 1  # step 1 updated, step 2 did not
-    rows = read_log(tmp_path / "log.jsonl")
+    rows = read_jsonl(tmp_path / "log.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     assert rows[1]["nonfinite"] is True and rows[1]["skipped"] is True and math.isnan(rows[1]["loss"])
 
@@ -134,7 +150,7 @@ def test_nan_policy_skip_counts_and_leaves_weights_untouched(tmp_path, model_pai
     summary = trainer.run()
     assert snaps == [False, True, False]
     assert summary.skipped_steps == 1
-    rows = read_log(tmp_path / "log.jsonl")
+    rows = read_jsonl(tmp_path / "log.jsonl")
     assert rows[1].get("nonfinite") and not rows[0].get("nonfinite") and not rows[2].get("nonfinite")
 
 
@@ -170,15 +186,14 @@ def test_resume_picks_the_older_complete_checkpoint_and_truncates_the_log(tmp_pa
         f.write('{"step": 5, "loss": 1.0}\n{"step": 6, "lo')  # rows beyond the checkpoint, a torn line
     summary = train_phase("sft", model_pair[0], samples, DATA, cfg, part / "work", part / "out", part / "log.jsonl")
     assert summary.resumed_from == 2
-    a, b = read_log(full / "log.jsonl"), read_log(part / "log.jsonl")
+    a, b = read_jsonl(full / "log.jsonl"), read_jsonl(part / "log.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]  # bitwise: same process, same threads
 
 
 def test_keep_last_one_survives_a_crash_during_save(tmp_path, model_pair, samples):
     """keep_last=1 is safe: the old checkpoint is deleted only after the new one is complete."""
-    dist_info = DistInfo(0, 1, 0, torch.device("cpu"))
-    mgr = CheckpointManager(tmp_path, keep_last=1, dist_info=dist_info)
+    mgr = CheckpointManager(tmp_path, keep_last=1, dist=DistContext(0, 1, 0, torch.device("cpu")))
 
     class Backend:
         def __init__(self, fail):

@@ -9,8 +9,10 @@ import torch
 
 from fake_data import pack
 from wdl.io import atomic_write_jsonl
-from wdl.models import JointModel, load_causal_lm
+from wdl.models import FusedMixedCrossEntropy, JointModel, load_causal_lm
 from wdl.scoring import merge_sums, score_batches, score_dataset
+
+TORCH_LOSS = FusedMixedCrossEntropy(impl="torch")
 
 
 def _reference(model, sample) -> dict:
@@ -32,7 +34,7 @@ def _reference(model, sample) -> dict:
 def test_scores_match_a_per_sample_reference_across_packing_and_shards(model_pair, samples):
     model = load_causal_lm(model_pair[0], attn_implementation="sdpa")
     model.eval()
-    joint = JointModel(model, kernel_impl="torch")
+    joint = JointModel(model, loss=TORCH_LOSS)
     chunk = samples[:9]
     # three packed micro-batches, scored as two "ranks" and merged
     mbs = [pack(chunk[0:3], 64), pack(chunk[3:6], 64), pack(chunk[6:9], 80)]

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-FORMATS = ("auto", "messages", "instruction", "qa", "prompt_completion", "text")
-LOSS_ON = ("completion", "all")
-OVERLONG = ("truncate", "drop")
-ON_BAD_RECORD = ("error", "skip")
+from wdl.configlib import check_choices
 
 
 @dataclass
@@ -15,14 +13,15 @@ class DataConfig:
     # Local .jsonl / .json files, or Hugging Face dataset names ("name" or "name:config", read with `split`).
     sources: list[str] = field(default_factory=list)
     split: str = "train"
-    format: str = "auto"  # auto-detected per record unless fixed here
+    format: Literal["auto", "messages", "instruction", "qa", "prompt_completion", "text"] = "auto"  # auto: per record
     field_map: dict[str, str] = field(default_factory=dict)  # our field name -> the source's field name
     system_prompt: str | None = None  # prepended as a system turn when a conversation has none
     enable_thinking: bool = True  # passed to the chat template
-    loss_on: str = "completion"  # "completion": assistant tokens only; "all": every token (plain-text pretraining)
+    # completion: the assistant tokens only; all: every token (plain-text pretraining)
+    loss_on: Literal["completion", "all"] = "completion"
     max_length: int = 4096
-    overlong: str = "truncate"
-    on_bad_record: str = "error"  # "skip": count and report malformed records instead of failing
+    overlong: Literal["truncate", "drop"] = "truncate"
+    on_bad_record: Literal["error", "skip"] = "error"  # "skip": count and report malformed records instead of failing
     tokens_per_micro_batch: int = 8192  # packing budget of one micro-batch (>= max_length)
     global_batch_size: int = 512  # samples per optimizer step, over all ranks
     shuffle: bool = True
@@ -37,11 +36,7 @@ class DataConfig:
             self.sources = [self.sources]
         if not all(isinstance(s, str) and s for s in self.sources):
             raise ValueError(f"data.sources: a list of file paths or dataset names, got {self.sources!r}")
-        for name, value, allowed in (("format", self.format, FORMATS), ("loss_on", self.loss_on, LOSS_ON),
-                                     ("overlong", self.overlong, OVERLONG),
-                                     ("on_bad_record", self.on_bad_record, ON_BAD_RECORD)):
-            if value not in allowed:
-                raise ValueError(f"data.{name}: must be one of {allowed}, got {value!r}")
+        check_choices(self, prefix="data.")
         for name in ("max_length", "tokens_per_micro_batch", "global_batch_size", "pad_to_multiple"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -2,7 +2,7 @@
 
 A micro-batch is one row [1, T] of whole samples laid end to end (never split), T <= tokens_per_micro_batch,
 rounded up to `pad_to_multiple`; `position_ids` restart at 0 for every sample (packed samples do not attend to
-each other), padding is its own segment with labels -100 and sample_idx -1. See docs/architecture.md.
+each other), padding is its own segment with labels IGNORE_INDEX and sample_idx -1. See docs/architecture.md.
 
 A step takes the next `global_batch_size` samples of the epoch's seeded permutation, splits them over the ranks
 (balanced by tokens, computed identically on every rank) and packs each rank's share. Every rank gets the same
@@ -20,16 +20,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from wdl.labels import IGNORE_INDEX, count_label_tokens
+
 from .config import DataConfig
 
-IGNORE = -100
 STATE_VERSION = 1
 
 
 @dataclass
-class Step:
+class StepBatch:
+    """The data of one optimizer step, as one rank sees it."""
+
     micro_batches: list[dict]  # this rank's micro-batches (same count on every rank)
-    global_num_label_tokens: int  # supervised tokens of the whole step, all ranks
+    global_num_label_tokens: int  # supervised tokens of the whole step, all ranks: the loss divisor's source
     num_samples: int  # samples of the whole step, all ranks
     epoch: int
     index: int  # step index within the epoch
@@ -73,7 +76,7 @@ def collate(rows: list[dict], budget: int, pad_to_multiple: int, pad_id: int) ->
     used = sum(len(r["input_ids"]) for r in rows)
     t_len = max(1, min(max(budget, used), _round_up(max(used, 1), pad_to_multiple)))
     ids = torch.full((1, t_len), pad_id, dtype=torch.long)
-    labels = torch.full((1, t_len), IGNORE, dtype=torch.long)
+    labels = torch.full((1, t_len), IGNORE_INDEX, dtype=torch.long)
     pos = torch.zeros((1, t_len), dtype=torch.long)
     sidx = torch.full((1, t_len), -1, dtype=torch.long)
     t = 0
@@ -86,7 +89,7 @@ def collate(rows: list[dict], budget: int, pad_to_multiple: int, pad_id: int) ->
         t += n
     pos[0, t:] = torch.arange(t_len - t)
     return {"input_ids": ids, "labels": labels, "position_ids": pos, "sample_idx": sidx,
-            "num_label_tokens": int((labels != IGNORE).sum())}
+            "num_label_tokens": count_label_tokens(labels)}
 
 
 class StepLoader:
@@ -125,7 +128,7 @@ class StepLoader:
         gbs = self.cfg.global_batch_size
         return self.permutation(epoch)[index * gbs:(index + 1) * gbs].tolist()
 
-    def build_step(self, epoch: int, index: int) -> Step:
+    def build_step(self, epoch: int, index: int) -> StepBatch:
         order = self.step_samples(epoch, index)
         shares = split_over_ranks(order, self.lengths, self.world_size)
         bins_per_rank = [pack_first_fit(s, self.lengths, self.cfg.tokens_per_micro_batch) for s in shares]
@@ -138,9 +141,9 @@ class StepLoader:
                          self.pad_id) for b in mine]
         while len(micro) < count:  # empty micro-batches keep every rank's forward/backward count equal
             micro.append(collate([], self.cfg.pad_to_multiple, self.cfg.pad_to_multiple, self.pad_id))
-        return Step(micro, int(self.label_counts[order].sum()), len(order), epoch, index)
+        return StepBatch(micro, int(self.label_counts[order].sum()), len(order), epoch, index)
 
-    def __iter__(self) -> Iterator[Step]:
+    def __iter__(self) -> Iterator[StepBatch]:
         while self.position < self.steps_per_epoch:
             step = self.build_step(self.epoch, self.position)
             self.position += 1

@@ -6,8 +6,8 @@ preceding messages ends, and ends after the template's end-of-turn marker (e.g. 
 supervised so that the model learns to stop). Earlier turns are taken as the template renders them in the
 full conversation (Qwen3 drops their reasoning), which is what the model sees at inference.
 
-Output rows: idx, input_ids, labels (ALREADY SHIFTED: labels[t] is the target at position t, -100 when not
-supervised; the last position is -100), num_label_tokens, length. See docs/architecture.md.
+Output rows: idx, input_ids, labels (already shifted, see wdl/labels.py; the last position has no target),
+num_label_tokens, length.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 import datasets
 
+from wdl.labels import count_label_tokens, next_token_labels
+
 from .config import DataConfig
 
-IGNORE = -100
 _PROBE_USER, _PROBE_ANSWER = "wdl-probe-question", "wdl-probe-answer"
 
 
@@ -107,10 +108,6 @@ class _Skip(Exception):
     pass
 
 
-def _shifted_labels(ids: list[int], mask: list[bool]) -> list[int]:
-    return [ids[t + 1] if mask[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
-
-
 def _tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha1()
     h.update(tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer")
@@ -146,8 +143,8 @@ def tokenize_records(records: datasets.Dataset, tokenizer, cfg: DataConfig) -> t
                     status = "dropped_overlong"
                 else:
                     ids, mask, status = ids[: cfg.max_length], mask[: cfg.max_length], "truncated"
-            labels = _shifted_labels(ids, mask) if ids else []
-            n_label = sum(x != IGNORE for x in labels)
+            labels = next_token_labels(ids, mask) if ids else []
+            n_label = count_label_tokens(labels)
             if status in ("ok", "truncated") and n_label == 0:
                 reason = "no supervised token" + (" after truncation" if status == "truncated" else "")
                 if cfg.on_bad_record == "error":

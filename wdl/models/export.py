@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig
 
 from wdl.io import atomic_directory
 
@@ -23,6 +23,15 @@ def is_complete_hf_checkpoint(path: str | Path) -> bool:
     p = Path(path)
     has_weights = any(p.glob("*.safetensors")) or (p / "model.safetensors.index.json").is_file()
     return p.is_dir() and (p / "config.json").is_file() and has_weights
+
+
+def export_dtype(model_path: str | Path) -> torch.dtype:
+    """The dtype the source checkpoint was stored in (bf16 for Qwen3), fp32 when it does not say: exports of a
+    trained sub-model keep the source's storage dtype."""
+    dtype = getattr(AutoConfig.from_pretrained(str(model_path)), "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
 def generation_config_for(tokenizer, source: str | Path | None = None) -> GenerationConfig:

@@ -24,7 +24,7 @@ import torch
 
 from wdl.io import atomic_write_json
 
-from .distributed import DistInfo, barrier
+from wdl.distributed import DistContext, barrier
 
 MARKER = "COMPLETE.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -66,10 +66,10 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
 
 
 class CheckpointManager:
-    def __init__(self, work_dir: Path, *, keep_last: int, dist_info: DistInfo):
+    def __init__(self, work_dir: Path, *, keep_last: int, dist: DistContext):
         self.work_dir = Path(work_dir)
         self.keep_last = keep_last
-        self.dist = dist_info
+        self.dist = dist
 
     def clean_stale(self) -> None:
         """Remove leftovers of interrupted saves (temporary directories, step dirs without a marker)."""

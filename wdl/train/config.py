@@ -6,12 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-BACKENDS = ("single", "fsdp2", "deepspeed")
-
-
-def _check(cond: bool, key: str, message: str) -> None:
-    if not cond:
-        raise ValueError(f"{key}: {message}")
+from wdl.configlib import check, check_choices
 
 
 @dataclass
@@ -38,8 +33,8 @@ class TrainConfig:
     # the joint loss
     lam: float = 0.5  # z = lam * z_strong + (1 - lam) * z_weak
     freeze_weak: bool = False  # the paper's main setting trains both
-    loss_impl: Literal["fused", "reference"] = "fused"  # reference: the original's materialized logits (baseline)
-    kernel_impl: Literal["auto", "triton", "torch"] = "auto"
+    kernel_impl: Literal["auto", "triton", "torch"] = "auto"  # the fused loss: Triton on CUDA, chunked torch
+    kernel_mode: Literal["lean", "fast"] = "lean"  # lean: recompute in the backward; fast: gradients in the forward
     # parallelism
     backend: Literal["single", "fsdp2", "deepspeed"] = "single"
     zero_stage: int = 3  # deepspeed only: 2 or 3
@@ -58,34 +53,30 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self):
+        check_choices(self)
         self.betas = tuple(float(b) for b in self.betas)
-        _check(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a finite number > 0, got {self.lr}")
-        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "betas",
+        check(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a finite number > 0, got {self.lr}")
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "betas",
                f"must be two numbers in [0, 1), got {list(self.betas)}")
-        _check(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
-        _check(self.max_grad_norm >= 0, "max_grad_norm",
+        check(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
+        check(self.max_grad_norm >= 0, "max_grad_norm",
                f"must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
-        _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        _check(self.schedule in ("cosine", "linear", "constant"), "schedule",
-               f"must be cosine, linear or constant, got {self.schedule!r}")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        _check(self.epochs > 0 and math.isfinite(self.epochs), "epochs", f"must be > 0, got {self.epochs}")
-        _check(self.max_steps is None or self.max_steps >= 1, "max_steps",
+        check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        check(self.epochs > 0 and math.isfinite(self.epochs), "epochs", f"must be > 0, got {self.epochs}")
+        check(self.max_steps is None or self.max_steps >= 1, "max_steps",
                f"must be >= 1 or null (then epochs decide), got {self.max_steps}")
-        _check(self.dtype in ("auto", "bf16", "fp32"), "dtype", f"must be auto, bf16 or fp32, got {self.dtype!r}")
-        _check(0.0 <= self.lam <= 1.0, "lam", f"must be in [0, 1], got {self.lam}")
-        _check(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        _check(self.zero_stage in (2, 3), "zero_stage", f"must be 2 or 3, got {self.zero_stage}")
-        _check(not self.offload_optimizer or self.backend == "deepspeed", "offload_optimizer",
+        check(0.0 <= self.lam <= 1.0, "lam", f"must be in [0, 1], got {self.lam}")
+        check(self.zero_stage in (2, 3), "zero_stage", f"must be 2 or 3, got {self.zero_stage}")
+        check(not self.offload_optimizer or self.backend == "deepspeed", "offload_optimizer",
                "needs backend: deepspeed (with fsdp2 use fsdp_cpu_offload)")
-        _check(not self.fsdp_cpu_offload or self.backend == "fsdp2", "fsdp_cpu_offload", "needs backend: fsdp2")
-        _check(self.nan_policy in ("stop", "skip"), "nan_policy", f"must be stop or skip, got {self.nan_policy!r}")
-        _check(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        check(not self.fsdp_cpu_offload or self.backend == "fsdp2", "fsdp_cpu_offload", "needs backend: fsdp2")
+        check(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
         # keep_last=1 is safe here (unlike with asynchronous saves): a new checkpoint is complete and renamed
         # into place before any older one is deleted, so a crash always leaves one complete checkpoint.
-        _check(self.keep_last >= 1, "keep_last", f"must be >= 1, got {self.keep_last}")
-        _check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        check(self.keep_last >= 1, "keep_last", f"must be >= 1, got {self.keep_last}")
+        check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
 
     def total_steps(self, steps_per_epoch: int) -> int:
         if self.max_steps is not None:

@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-2 / ZeRO-3 (optionally with the optimizer offloaded to the CPU) behind the Backend interface.
+"""DeepSpeed ZeRO-2 / ZeRO-3 (optionally with the optimizer offloaded to the CPU) behind the TrainBackend interface.
 
 The fused loss reads the lm_head weights by attribute inside JointModel.forward, never through the lm_head
 module's own forward, so ZeRO-3's per-module hooks would hand the kernel an empty partition. Each lm_head weight
@@ -7,25 +7,34 @@ gathers it for JointModel's forward, re-gathers it for its backward, and reduces
 (tests/train/test_distributed.py checks the gradients against one process).
 
 Gradient accumulation is ours (a step has as many micro-batches as the loader packs): DeepSpeed runs with
-`managed_gradient_accumulation: false`, so backward() only accumulates and step() is the boundary. The
-finite check of the gradients is DeepSpeed's own: its ZeRO optimizer skips an update whose gradient norm is not
-finite (the same decision on all ranks); we read `was_step_applied()`.
+`managed_gradient_accumulation: false`, so backward() only accumulates and step() is the boundary. ZeRO averages
+the gradients over the data-parallel ranks and has no summing reduction under ZeRO-3 (DeepSpeed refuses
+`gradient_allreduce_op: sum` there), hence `gradient_divide_factor` = world size. The finite check of the
+gradients is DeepSpeed's own: its ZeRO optimizer skips an update whose gradient norm is not finite (the same
+decision on all ranks); we read `was_step_applied()`.
+
+Loading: under ZeRO-3 the models are built under `deepspeed.zero.Init` (transformers' ZeRO-3 integration), so
+each rank materialises only its partitions while the checkpoint streams in. DeepSpeed's bf16 mode keeps bf16
+module weights (the fp32 master lives in the ZeRO optimizer), so models load in the compute dtype.
+
+DeepSpeed is optional: it is imported when this backend is built.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
+import math
 import os
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
-from wdl.models import JointModel, JointOutput
+from wdl.distributed import DistContext
+from wdl.models import JointModel, JointOutput, load_causal_lm
 
-from .backends import Backend, StepResult
+from .backend import StepResult, TrainBackend, model_inputs
 from .config import TrainConfig
-from .distributed import DistInfo
 from .optim import build_adamw, param_groups, set_lr
 
 TAG = "ds"
@@ -44,26 +53,6 @@ def import_deepspeed():
         raise ValueError(f"DeepSpeed {deepspeed.__version__} is too old for train.backend=deepspeed (no "
                          "managed_gradient_accumulation): pip install 'deepspeed>=0.19.8'")
     return deepspeed
-
-
-@contextlib.contextmanager
-def zero3_loading(cfg: TrainConfig, compute_dtype: torch.dtype, dist_info: DistInfo):
-    """Models loaded inside are built under `deepspeed.zero.Init` (transformers' ZeRO-3 integration): each rank
-    materialises only its partitions while the checkpoint streams in, so no rank holds a full model."""
-    deepspeed = import_deepspeed()
-    deepspeed.init_distributed(dist_backend="nccl" if dist_info.device.type == "cuda" else "gloo",
-                               auto_mpi_discovery=False)
-    if importlib.util.find_spec("accelerate") is None:  # transformers' ZeRO-3 loading path needs it
-        raise ValueError("train.backend=deepspeed with zero_stage=3 loads models through transformers' ZeRO-3 "
-                         "integration, which needs accelerate: pip install 'accelerate>=1.1'")
-    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
-
-    keep_alive = HfDeepSpeedConfig(deepspeed_config(cfg, compute_dtype))  # transformers holds only a weakref
-    try:
-        yield
-    finally:
-        unset_hf_deepspeed_config()  # later from_config calls (export skeletons) must not partition
-        del keep_alive
 
 
 def deepspeed_config(cfg: TrainConfig, compute_dtype: torch.dtype) -> dict:
@@ -91,15 +80,34 @@ def deepspeed_config(cfg: TrainConfig, compute_dtype: torch.dtype) -> dict:
     }
 
 
-class DeepSpeedBackend(Backend):
-    name = "deepspeed"
+class DeepSpeedBackend(TrainBackend):
+    def __init__(self, cfg: TrainConfig, dist_ctx: DistContext):
+        super().__init__(cfg, dist_ctx)
+        self.ds = import_deepspeed()
+        self.ds.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo",
+                                 auto_mpi_discovery=False)
+        self.gradient_divide_factor = float(dist_ctx.world_size)
 
-    def __init__(self, joint: JointModel, cfg: TrainConfig, dist_info: DistInfo, compute_dtype: torch.dtype):
-        super().__init__(joint, cfg, dist_info, compute_dtype)
-        deepspeed = import_deepspeed()
-        self.ds = deepspeed
-        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo",
-                                   auto_mpi_discovery=False)
+    def load_model(self, path: str) -> PreTrainedModel:
+        return load_causal_lm(path, dtype=self.compute_dtype, device=None, **self.model_options())
+
+    def load_models(self, strong: str, weak: str | None) -> tuple[PreTrainedModel, PreTrainedModel | None]:
+        if self.cfg.zero_stage != 3:
+            return super().load_models(strong, weak)
+        if importlib.util.find_spec("accelerate") is None:  # transformers' ZeRO-3 loading path needs it
+            raise ValueError("train.backend=deepspeed with zero_stage=3 loads models through transformers' ZeRO-3 "
+                             "integration, which needs accelerate: pip install 'accelerate>=1.1'")
+        from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config  # slow import
+
+        keep_alive = HfDeepSpeedConfig(deepspeed_config(self.cfg, self.compute_dtype))  # transformers keeps a weakref
+        try:
+            return super().load_models(strong, weak)
+        finally:
+            unset_hf_deepspeed_config()  # later from_config calls (export skeletons) must not partition
+            del keep_alive
+
+    def setup(self, joint: JointModel) -> None:
+        cfg = self.cfg
         if cfg.offload_optimizer:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
@@ -109,17 +117,15 @@ class DeepSpeedBackend(Backend):
             self.optimizer = build_adamw(joint, cfg, fused=self.device.type == "cuda")
         if cfg.zero_stage == 3:
             for w in joint.lm_head_weights():
-                deepspeed.zero.register_external_parameter(joint, w)
-        self.engine, _, _, _ = deepspeed.initialize(model=joint, optimizer=self.optimizer,
-                                                    config=deepspeed_config(cfg, compute_dtype),
-                                                    dist_init_required=False)
+                self.ds.zero.register_external_parameter(joint, w)
+        self.engine, _, _, _ = self.ds.initialize(model=joint, optimizer=self.optimizer,
+                                                  config=deepspeed_config(cfg, self.compute_dtype),
+                                                  dist_init_required=False)
         self.joint = self.engine.module
 
-    def forward_backward(self, batch: dict, scale: float) -> JointOutput:
-        out = self.engine(**self._inputs(batch))
-        # `scale` normalises by the GLOBAL label-token count; ZeRO averages gradients over the data-parallel
-        # ranks, so multiply back by the world size to get their sum (as in TorchBackend).
-        self.engine.backward(out.loss * (scale * self.dist.world_size), scale_wrt_gas=False)
+    def forward_backward(self, batch: dict, num_items: float) -> JointOutput:
+        out = self.engine(**model_inputs(batch), num_items=num_items)
+        self.engine.backward(out.loss, scale_wrt_gas=False)
         return JointOutput(out.loss.detach(), out.stats)
 
     def optimizer_step(self, lr: float, loss_finite: bool) -> StepResult:
@@ -128,7 +134,7 @@ class DeepSpeedBackend(Backend):
         applied = bool(self.engine.was_step_applied())
         norm = self.engine.get_global_grad_norm()
         norm = float(norm) if norm is not None else float("nan")
-        if not applied and norm >= 0 and norm == norm and norm != float("inf"):
+        if not applied and math.isfinite(norm) and norm >= 0:
             norm = float("inf")  # DeepSpeed reports a skipped step's norm as a finite sentinel on some paths
         return StepResult(norm, applied)
 

@@ -13,10 +13,14 @@ import json
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from transformers import AutoModelForCausalLM
 
-from wdl.models import load_config, save_hf_checkpoint
+from wdl.models import export_dtype, load_config, save_hf_checkpoint
 
 from .checkpoint import is_complete, latest_checkpoint
+from .deepspeed_backend import TAG, import_deepspeed
 
 
 def _resolve(source: Path) -> Path:
@@ -32,9 +36,6 @@ def _resolve(source: Path) -> Path:
 
 def _dcp_state(state_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
     """The `model.<prefix>*` tensors of a DCP checkpoint, consolidated in this process."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
     reader = dcp.FileSystemReader(str(state_dir))
     wanted = {}
     for key, meta in reader.read_metadata().state_dict_metadata.items():
@@ -46,8 +47,6 @@ def _dcp_state(state_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def _deepspeed_state(state_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
-    from .deepspeed_backend import TAG, import_deepspeed
-
     import_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
@@ -65,8 +64,6 @@ def extract_submodel(source: str | Path, out: str | Path, *, which: str = "stron
         raise ValueError(f"{ckpt}: this run has no weak model (it was an SFT-style phase)")
     config = load_config(model_path)
     if which == "weak" and state.get("freeze_weak"):
-        from transformers import AutoModelForCausalLM
-
         sd = AutoModelForCausalLM.from_pretrained(model_path).state_dict()
     elif state["backend"] == "deepspeed":
         sd = _deepspeed_state(ckpt / "state", f"{which}.")
@@ -74,9 +71,7 @@ def extract_submodel(source: str | Path, out: str | Path, *, which: str = "stron
         sd = _dcp_state(ckpt / "state", f"{which}.")
     if not sd:
         raise ValueError(f"{ckpt}: the checkpoint holds no '{which}' weights")
-    from .loop import _export_dtype
-
-    dtype = _export_dtype(model_path)
+    dtype = export_dtype(model_path)
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     return save_hf_checkpoint(config, sd, out, tokenizer_path=state.get("tokenizer") or model_path,
                               generation_source=model_path)

@@ -1,20 +1,19 @@
 """The training loop: one phase (SFT, joint, continued SFT, pretraining), one loop for all of them.
 
     train_phase(...)              the public entry; every rank calls it under torchrun
-      Trainer.__init__            process group, seeds, models -> JointModel -> backend, data loader, schedule
+      Trainer.__init__            process group, seeds, backend (it builds the models), data loader, schedule
       Trainer.run                 resume (checkpoint + log truncation) -> steps -> final checkpoint -> export
-        Trainer.train_step        micro-batches (token-weighted), all-reduced metrics, finite check, update
+        Trainer.train_step        micro-batches, all-reduced metrics, finite check, update
 
-Token-weighted normalisation: every micro-batch's summed loss is divided by the step's global number of label
-tokens (the same on all ranks), so the gradient does not depend on how the step is split into micro-batches
-or ranks. The finite check runs before the optimizer update on values every rank shares (the all-reduced loss,
-the global gradient norm): all ranks take the same decision.
+Token-weighted normalisation happens in one place: the loss divides every micro-batch's summed loss by the same
+divisor, derived from the step's global label-token count (the same on every rank, announced by the loader),
+so the update is the token mean of the whole step however it is split into micro-batches and ranks. The
+finite check runs before the optimizer update on values every rank shares (the all-reduced loss, the global
+gradient norm): all ranks take the same decision.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import time
@@ -23,19 +22,22 @@ from pathlib import Path
 
 import torch
 
-from wdl.io import atomic_write_jsonl
-from wdl.models import JointModel, is_complete_hf_checkpoint, load_causal_lm, load_config, save_hf_checkpoint
-from wdl.models.loading import causal_lm_skeleton
+from wdl.data import StepLoader
+from wdl.distributed import all_reduce_sum, barrier, init_distributed
+from wdl.io import atomic_write_jsonl, read_jsonl
+from wdl.labels import IGNORE_INDEX
+from wdl.models import export_dtype, is_complete_hf_checkpoint, save_hf_checkpoint
 
-from .backends import build_backend, move_batch
+from .backend import move_batch
+from .backends import build_backend
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .config import TrainConfig
-from .distributed import all_reduce_sum, barrier, init_distributed
 from .metrics import FlopCounter, MetricsSink, host_peak_rss_gib, peak_bf16_flops, peak_memory_gib, \
     reset_peak_memory, sequence_lengths
 from .optim import LRSchedule
 
-IGNORE_INDEX = -100
+# What a step sums over its micro-batches and then over the ranks, in one all-reduce (in this order).
+STEP_SUMS = ("loss", "entropy", "margin", "label_tokens", "tokens", "squared_lengths")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,43 +64,10 @@ class TrainSummary:
         return asdict(self)
 
 
-def make_loader(dataset, data, *, rank: int, world_size: int):
-    """The data package's stateful per-step loader (see docs/architecture.md)."""
-    from wdl.data import StepLoader
-
-    return StepLoader(dataset, data, rank=rank, world_size=world_size)
-
-
-def read_log(path: Path) -> list[dict]:
-    """The rows of a JSONL step log; a torn last line (a kill mid-write) is dropped."""
-    rows = []
-    if Path(path).is_file():
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
-
-
 def truncate_log(path: Path, step: int) -> None:
     """Keep the rows of steps <= `step` (those a checkpoint covers), atomically."""
-    rows = [r for r in read_log(path) if isinstance(r.get("step"), int) and r["step"] <= step]
+    rows = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= step]
     atomic_write_jsonl(path, rows)
-
-
-def compute_dtype_for(cfg: TrainConfig, device: torch.device) -> torch.dtype:
-    if cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return torch.float32
-
-
-def _export_dtype(model_path: str | Path) -> torch.dtype:
-    """Export in the dtype the source checkpoint was stored in (bf16 for Qwen3), fp32 when it does not say."""
-    dtype = getattr(load_config(model_path), "dtype", None)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None)
-    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
 class Trainer:
@@ -115,46 +84,15 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(train.seed)
-        self.compute_dtype = compute_dtype_for(train, self.dist.device)
-
-        # FSDP2: only rank 0 reads the checkpoints; the other ranks build meta skeletons and receive their shards
-        # from rank 0 (FSDP2Backend.shard). Elsewhere every process loads the weights itself.
-        skeleton = train.backend == "fsdp2" and not self.dist.is_main
-        opts = dict(attn_implementation=train.attn_implementation, use_liger=train.use_liger,
-                    activation_checkpointing=train.activation_checkpointing)
-        # DeepSpeed: its bf16 mode keeps bf16 module weights (the fp32 master lives in the ZeRO optimizer), so load
-        # in the compute dtype; under ZeRO-3 load partitioned (zero.Init): no rank holds a full model.
-        loading = contextlib.nullcontext()
-        if skeleton:
-            def load(path):
-                return causal_lm_skeleton(path, device=self.dist.device, **opts)
-        elif train.backend == "deepspeed":
-            if train.zero_stage == 3:
-                from .deepspeed_backend import zero3_loading
-
-                loading = zero3_loading(train, self.compute_dtype, self.dist)
-
-            def load(path):
-                return load_causal_lm(path, dtype=self.compute_dtype, device=None, **opts)
-        else:
-            load_device = self.dist.device if train.backend == "single" else "cpu"
-
-            def load(path):
-                return load_causal_lm(path, dtype=torch.float32, device=load_device, **opts)
-        with loading:
-            strong = load(self.strong_path)
-            weak = load(self.weak_path) if self.weak_path is not None else None
-        self.flops = [FlopCounter(strong.config, trainable=True)]
-        if weak is not None:
-            self.flops.append(FlopCounter(weak.config, trainable=not train.freeze_weak))
-        self.model_config = strong.config
-        joint = JointModel(strong, weak, lam=train.lam, freeze_weak=train.freeze_weak and weak is not None,
-                           loss_impl=train.loss_impl, kernel_impl=train.kernel_impl)
-        self.backend = build_backend(joint, train, self.dist, self.compute_dtype)
-        self.loader = make_loader(dataset, data, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.backend = build_backend(train, self.dist, strong_model=self.strong_path, weak_model=self.weak_path)
+        subs = self.backend.joint.sub_models()
+        self.flops = [FlopCounter(m.config, trainable=name == "strong" or not train.freeze_weak)
+                      for name, m in subs.items()]
+        self.model_config = subs["strong"].config
+        self.loader = StepLoader(dataset, data, rank=self.dist.rank, world_size=self.dist.world_size)
         self.total_steps = train.total_steps(len(self.loader))
         self.schedule = LRSchedule.from_config(train, self.total_steps)
-        self.ckpt = CheckpointManager(self.work_dir, keep_last=train.keep_last, dist_info=self.dist)
+        self.ckpt = CheckpointManager(self.work_dir, keep_last=train.keep_last, dist=self.dist)
         self.peak_flops = peak_bf16_flops(self.dist.device)
         # counters (checkpointed)
         self.step = 0
@@ -234,34 +172,33 @@ class Trainer:
         self.export()
         return self.summary()
 
-    def train_step(self, data_step) -> dict:
+    def train_step(self, batch) -> dict:
         t0 = time.perf_counter()
-        reset_peak_memory(self.dist.device)
-        n_global = int(data_step.global_num_label_tokens)
-        scale = 1.0 / max(n_global, 1)
         dev = self.dist.device
-        # [loss sum, entropy sum, margin sum, label tokens, input tokens, samples, sum of squared sequence lengths]
-        acc = torch.zeros(7, dtype=torch.float64, device=dev)
-        counts = torch.zeros(4, dtype=torch.float64)  # from the CPU batches: no device sync per micro-batch
-        for mb in data_step.micro_batches:
-            batch = move_batch(mb, dev)
-            out = self.backend.forward_backward(batch, scale)
-            valid = (batch["labels"].reshape(-1) != IGNORE_INDEX).double()
-            acc[0] += out.loss.double()
-            acc[1] += (out.stats.entropy.double() * valid).sum()  # the mixed distribution, over label tokens
-            acc[2] += (out.stats.margin.double() * valid).sum()
-            sidx = mb["sample_idx"]
-            lens = sequence_lengths(mb["position_ids"], sidx)
-            counts += torch.tensor([int((mb["labels"] != IGNORE_INDEX).sum()), int(lens.sum()),
-                                    torch.unique(sidx[sidx >= 0]).numel(), int((lens.long() ** 2).sum())],
+        reset_peak_memory(dev)
+        n_global = batch.global_num_label_tokens
+        # The loss divides each micro-batch's sum by this. A backend whose reduction averages the ranks' gradients
+        # (gradient_divide_factor = world size) needs a divisor that much smaller for the same token mean.
+        num_items = max(n_global, 1) / self.backend.gradient_divide_factor
+        sums = torch.zeros(len(STEP_SUMS), dtype=torch.float64, device=dev)
+        counts = torch.zeros(3, dtype=torch.float64)  # from the CPU batches: no device sync per micro-batch
+        for mb in batch.micro_batches:
+            inputs = move_batch(mb, dev)
+            out = self.backend.forward_backward(inputs, num_items)
+            valid = (inputs["labels"].reshape(-1) != IGNORE_INDEX).double()
+            sums[0] += out.loss.double()
+            sums[1] += (out.stats.entropy.double() * valid).sum()  # the mixed distribution, over label tokens
+            sums[2] += (out.stats.margin.double() * valid).sum()
+            lens = sequence_lengths(mb["position_ids"], mb["sample_idx"])
+            counts += torch.tensor([mb["num_label_tokens"], int(lens.sum()), int((lens.long() ** 2).sum())],
                                    dtype=torch.float64)
-        acc[3:] = counts.to(dev)
-        all_reduce_sum(acc)
-        loss_sum, ent_sum, margin_sum, n_label, n_tokens, n_samples, sum_sq = acc.tolist()
-        if int(n_label) != n_global:
+        sums[3:] = counts.to(dev)
+        total = dict(zip(STEP_SUMS, all_reduce_sum(sums).tolist()))
+        n_label, n_tokens, n_samples = int(total["label_tokens"]), int(total["tokens"]), batch.num_samples
+        if n_label != n_global:
             raise ValueError(f"step {self.step}: the loader announced {n_global} label tokens, the micro-batches hold "
-                             f"{int(n_label)} (data contract: global_num_label_tokens)")
-        loss = loss_sum / max(n_global, 1)
+                             f"{n_label} (data contract: global_num_label_tokens)")
+        loss = total["loss"] / self.backend.gradient_divide_factor  # the token mean of the step
         loss_finite = math.isfinite(loss)
         lr = self.schedule(self.step)
         if n_global == 0:  # nothing supervised in this step: no gradient, no update
@@ -273,14 +210,14 @@ class Trainer:
         nonfinite = n_global > 0 and not (loss_finite and applied)
         dt = time.perf_counter() - t0
         self.wall_s += dt
-        flops = sum(f.step_flops(int(n_tokens), int(sum_sq)) for f in self.flops)
+        flops = sum(f.step_flops(n_tokens, int(total["squared_lengths"])) for f in self.flops)
         mem = peak_memory_gib(dev)
         if mem is not None:
             self.peak_mem = max(self.peak_mem or 0.0, mem)
         row = {
             "step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-            "entropy": ent_sum / max(n_label, 1), "margin": margin_sum / max(n_label, 1),
-            "label_tokens": int(n_label), "tokens": int(n_tokens), "samples": int(n_samples),
+            "entropy": total["entropy"] / max(n_label, 1), "margin": total["margin"] / max(n_label, 1),
+            "label_tokens": n_label, "tokens": n_tokens, "samples": n_samples,
             "step_time_s": dt, "tokens_per_s": n_tokens / dt if dt > 0 else None,
             "mfu": flops / (dt * self.peak_flops * self.dist.world_size) if self.peak_flops and dt > 0 else None,
             "peak_mem_gib": mem, "host_rss_gib": host_peak_rss_gib(), "skipped": not applied,
@@ -288,9 +225,9 @@ class Trainer:
         if nonfinite:
             row["nonfinite"] = True
         self.sink.log(row)
-        self.samples += int(n_samples)
-        self.tokens += int(n_tokens)
-        self.label_tokens += int(n_label)
+        self.samples += n_samples
+        self.tokens += n_tokens
+        self.label_tokens += n_label
         if nonfinite:
             what = f"loss {loss!r}, gradient norm {grad_norm!r}"
             if self.cfg.nan_policy == "stop":
@@ -310,7 +247,7 @@ class Trainer:
     def export(self) -> None:
         sd = self.backend.full_state_dict("strong")
         if self.dist.is_main:
-            dtype = _export_dtype(self.strong_path)
+            dtype = export_dtype(self.strong_path)
             sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
             save_hf_checkpoint(self.model_config, sd, self.export_dir, tokenizer_path=self.tokenizer_path,
                                generation_source=self.strong_path)
@@ -331,7 +268,7 @@ class Trainer:
 
 
 def _summary_from_log(name: str, export_dir: Path, log_path: Path) -> TrainSummary:
-    rows = read_log(log_path)
+    rows = read_jsonl(log_path)
     finite = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
     mems = [r["peak_mem_gib"] for r in rows if isinstance(r.get("peak_mem_gib"), (int, float))]
     return TrainSummary(

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PretrainedConfig
 
 GIB = float(1 << 30)
@@ -115,11 +116,9 @@ class MetricsSink:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(log_path, "a", encoding="utf-8")
         if tensorboard_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # only when enabled: the import takes seconds
 
             self._tb = SummaryWriter(log_dir=str(tensorboard_dir))
-        from tqdm.auto import tqdm
-
         self._bar = tqdm(total=total_steps, initial=start_step, desc=name, unit="step", dynamic_ncols=True,
                          disable=None)
 

@@ -1,12 +1,19 @@
-"""Process-group setup from the launcher's environment (torchrun / the DeepSpeed launcher) and small collectives.
+"""The process group and this rank's device, from the launcher's environment (torchrun, the DeepSpeed launcher).
+
+    ctx = init_distributed()      # every entry point, once; joining again is a no-op
+    ctx.rank, ctx.world_size, ctx.local_rank, ctx.device, ctx.is_main
+    ...
+    leave_distributed()           # before rank 0 goes on alone (evaluation)
 
 Multi-node ready: RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT come from the launcher; NCCL on
-CUDA, gloo on the CPU. A single process (no WORLD_SIZE, or 1) needs no process group at all.
+CUDA, gloo on the CPU. A single process (no WORLD_SIZE, or 1) needs no process group at all. The collectives
+below are identities without a group, so single-process code calls them unconditionally.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +21,7 @@ import torch.distributed as dist
 
 
 @dataclass(frozen=True)
-class DistInfo:
+class DistContext:
     rank: int
     world_size: int
     local_rank: int
@@ -29,7 +36,7 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(*, require_group: bool = False) -> DistInfo:
+def init_distributed(*, require_group: bool = False) -> DistContext:
     """Join (or create) the default process group the launcher describes; pick this rank's device.
 
     `require_group`: create a one-process group even without a launcher (FSDP2 / DeepSpeed on one device).
@@ -52,49 +59,41 @@ def init_distributed(*, require_group: bool = False) -> DistInfo:
             dist.init_process_group("gloo")
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+    return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def leave_distributed() -> None:
+    """Wait for every rank, then destroy the process group (no-op without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def is_distributed() -> bool:
+def _in_group() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def barrier() -> None:
-    if is_distributed():
+    if _in_group():
         dist.barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """In-place SUM over ranks (identity on one process); returns `t`."""
-    if is_distributed():
+    """In-place SUM over ranks; returns `t`."""
+    if _in_group():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
-def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    if is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
-
-
-def broadcast_object(obj, src: int = 0):
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def all_gather_objects(obj) -> list:
-    if not is_distributed():
+    """Every rank's `obj`, in rank order."""
+    if not _in_group():
         return [obj]
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
