@@ -155,7 +155,7 @@ def _bench_spec(text: str) -> dict:
 def config_from_args(args) -> "EvalConfig":  # noqa: F821
     import yaml
 
-    from wdl.config import build, read_yaml
+    from wdl.configlib import build, read_yaml  # not wdl.config: the vLLM venv has no training packages
     from wdl.eval.config import EvalConfig
 
     raw: dict = {}
@@ -205,7 +205,7 @@ def run(args) -> int:
         results = {name: load_results(path) for name, path in _named(args.compare)}
         table = graded_by(results) + "\n\n" + comparison_table(results)
         if args.side_by_side and side_by_side_table(results):
-            table += "\n" + side_by_side_table(results)
+            table += "\nAccuracy (%) by grader:\n\n" + side_by_side_table(results)
         print(table, end="")
         if args.out is not None:
             atomic_write_text(args.out / "comparison.md", table)
@@ -220,9 +220,9 @@ def run(args) -> int:
     for name, path in models:
         out = args.out if len(models) == 1 else args.out / name
         all_results[name] = evaluate_model(path, cfg, out, model_name=name)
-    table = comparison_table(all_results)
+    table = graded_by(all_results) + "\n\n" + comparison_table(all_results)
     if args.side_by_side and side_by_side_table(all_results):
-        table += "\n" + side_by_side_table(all_results)
+        table += "\nAccuracy (%) by grader:\n\n" + side_by_side_table(all_results)
     if len(models) > 1:
         atomic_write_text(args.out / "comparison.md", table)
     print(table, end="")
