@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wdl.config import PipelineConfig, to_dict
+from wdl.eval.report import graded_by, side_by_side_table
 from wdl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 from wdl.run_dir import RunPaths, read_marker
 
@@ -165,8 +166,6 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
     ]
     if report.get("eval"):
-        from wdl.eval.report import graded_by, side_by_side_table
-
         lines += ["## Accuracy (%)", "", graded_by(report["eval"]), "", _markdown_table(accuracy_table(report["eval"])),
                   ""]
         by_grader = side_by_side_table(report["eval"])
@@ -222,8 +221,6 @@ def print_summary(report: Mapping[str, Any], console=None) -> None:
     """The closing table of `wdl run`: accuracy per model and benchmark, then phase timings."""
     console = console or Console()
     if report.get("eval"):
-        from wdl.eval.report import graded_by
-
         head, *body = accuracy_table(report["eval"])
         t = Table(title="Accuracy (%)", caption=graded_by(report["eval"]) or None)
         for h in head:

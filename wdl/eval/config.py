@@ -267,6 +267,8 @@ class EvalConfig:
         _check(self.stop_token_ids is None or all(isinstance(i, int) and i >= 0 for i in self.stop_token_ids),
                "stop_token_ids", "must be a list of token ids, e.g. [151645]")
         self._check_grader()
+        for spec in self.benchmarks:  # lengths that cannot fit fail here, before a pipeline trains
+            self.lengths(spec)
         if self.protocol == "opd":
             _check(self.thinking, "thinking", "the opd protocol renders thinking-mode prompts; remove thinking: false")
             _check(self.system_prompt in (None, "none", ""), "system_prompt",

@@ -77,13 +77,26 @@ def comparison_table(results: Mapping[str, Mapping[str, Mapping]], *, metric: st
 
 
 def graded_by(results: Mapping[str, Mapping[str, Mapping]]) -> str:
-    """One line saying which grader and protocol produced the accuracies of {model: {bench: result}}."""
-    seen = sorted({(r.get("grader", "?"), r.get("protocol", "?"), r.get("mode", "?"))
-                   for res in results.values() for r in res.values()})
-    if not seen:
+    """One line saying which grader and protocol produced the accuracies of {model: {bench: result}}: one
+    setting for all of them, or, when they differ, the setting of each model (of each set where a model's sets
+    differ)."""
+
+    def setting(r: Mapping) -> str:
+        return f"grader {r.get('grader', '?')}, protocol {r.get('protocol', '?')}, mode {r.get('mode', '?')}"
+
+    per_model = {m: {b: setting(r) for b, r in res.items()} for m, res in results.items() if res}
+    distinct = {s for by_bench in per_model.values() for s in by_bench.values()}
+    if not distinct:
         return ""
-    parts = [f"grader {g}, protocol {p}, mode {m}" for g, p, m in seen]
-    return ("Accuracy: " if len(parts) == 1 else "Accuracies come from several settings: ") + "; ".join(parts) + "."
+    if len(distinct) == 1:
+        return f"Accuracy: {distinct.pop()}."
+    parts = []
+    for model, by_bench in per_model.items():
+        if len(set(by_bench.values())) == 1:
+            parts.append(f"{model}: {next(iter(by_bench.values()))}")
+        else:
+            parts += [f"{model} {bench}: {s}" for bench, s in by_bench.items()]
+    return "Accuracies come from several settings: " + "; ".join(parts) + "."
 
 
 def grader_columns(results: Mapping[str, Mapping[str, Mapping]]) -> list[str]:
