@@ -190,6 +190,12 @@ def test_explicit_lengths_must_fit_the_context():
         EvalConfig(max_new_tokens=8192, max_model_len=8192).lengths(BenchmarkSpec(name="math500"))
     # an unset context grows to hold both
     assert EvalConfig(max_new_tokens=8192).lengths(BenchmarkSpec(name="math500")) == (4096, 8192, 12288)
+    # already when the config is built (a pipeline fails before it trains), also for one set's own lengths
+    with pytest.raises(ValueError, match=r"benchmark gsm8k: max_input_tokens \(4096\) \+ max_new_tokens \(8192\) "
+                                         r"exceed max_model_len \(8192\); raise max_model_len"):
+        EvalConfig(max_new_tokens=8192, max_model_len=8192, benchmarks=[BenchmarkSpec(name="gsm8k")])
+    with pytest.raises(ValueError, match=r"benchmark a: max_input_tokens \(100\) \+ max_new_tokens \(4096\)"):
+        EvalConfig(benchmarks=[BenchmarkSpec(name="a", path="a.json", max_input_tokens=100, max_model_len=4100)])
 
 
 class _NoTemplate:

@@ -35,6 +35,8 @@ CASES = [
     ("\\boxed{5} is wrong. The final answer is $6$.", "6", "", False),  # a box outranks "final answer"
     ("\\boxed{12", "12", "", False),
     ("\\fbox{42}", "42", "", False),
+    ("$\\boxed{7}$", "7", "", True),
+    ("\\boxed{2}\\boxed{3}", "3", "", False),  # adjacent boxes are read together, as the set {2, 3}
     # nested braces, fractions
     ("\\boxed{\\frac{1}{\\sqrt{4}}}", "0.5", "", True),
     ("\\boxed{\\frac{14}{3}}", "\\frac{14}{3}", "", True),
@@ -48,10 +50,17 @@ CASES = [
     ("Answer: \\frac{1}{2}", "0.5", "", True),
     ("The final answer is $\\sqrt{2}/2$.", "\\frac{\\sqrt{2}}{2}", "", True),
     ("\\boxed{4.67}", "\\frac{14}{3}", "", False),
+    ("\\boxed{\\frac{7}{2}}", "3.5", "", True),
+    ("\\boxed{3.5}", "\\frac{7}{2}", "", True),
+    ("\\boxed{0.3333}", "\\frac{1}{3}", "", False),  # 4 digits: no rounding to the gold
+    ("\\boxed{3\\sqrt{2}}", "\\sqrt{18}", "", True),
+    ("\\boxed{\\pi}", "3.14159", "", False),
+    ("\\boxed{10^{3}}", "1000", "", True),
     # percentages
     # math-verify 0.9 compares an integer percentage with the integer (9% == 9); 0.8, the reference's pin, not
     ("\\boxed{25\\%}", "25", "", MV >= (0, 9)),
     ("\\boxed{25\\%}", "0.25", "", True),
+    ("\\boxed{50\\%}", "0.5", "", True),
     ("\\boxed{12.5\\%}", "12.5", "", False),
     ("The answer is 25%.", "25", "", False),
     # units, currency, thousands
@@ -61,18 +70,22 @@ CASES = [
     ("\\boxed{5 \\text{ apples}}", "5.0", "", True),
     ("\\boxed{1,000}", "1000.0", "", True),
     ("\\boxed{1{,}000}", "1000", "", True),
+    ("\\boxed{\\$1,250.50}", "1250.5", "", True),
     ("\\boxed{-3}", "-3.0", "", True),
     # equations
     ("\\boxed{x = 7}", "7", "", True),
     ("The answer is $x = 7$.", "7", "", True),
     ("\\boxed{3 + 4 = 7}", "7", "", True),
     ("\\boxed{y = 2x + 3}", "2x+3", "", True),
+    ("\\boxed{x^2 + 2x + 1}", "(x+1)^2", "", True),
     # intervals, sets, tuples
     ("\\boxed{[-2, 3)}", "[-2,3)", "", True),
     ("\\boxed{(-2, 3]}", "[-2,3)", "", False),
     ("\\boxed{(3, \\frac{\\pi}{2})}", "\\left( 3, \\frac{\\pi}{2} \\right)", "", True),
     ("\\boxed{\\{1, 2, 3\\}}", "\\{3, 2, 1\\}", "", True),
     ("\\boxed{(-\\infty, 0) \\cup (1, \\infty)}", "(-\\infty,0)\\cup(1,\\infty)", "", True),
+    ("\\boxed{x \\in [1, 2]}", "[1,2]", "", True),
+    ("\\boxed{(0, 1)}", "(0,1)", "", True),
     # bare numbers and anchors without LaTeX
     ("He has 3 apples and buys 4 more, so 7 apples in all.", "7", "", False),
     ("The answer is 576.", "576.0", "", False),
@@ -111,6 +124,17 @@ CASES = [
     ("So the correct option is B.", "B", Q, False),
     ("Answer is: C", "C", Q, False),
     ("Answers: B", "B", Q, False),
+    ("Answer:C", "C", Q, True),
+    ("ANSWER IS (E)", "E", Q, True),
+    ("answer (c)", "C", Q, True),
+    ("The answer is\n\n(C)", "C", Q, True),  # the spaces may be newlines
+    ("The answer is (E", "E", Q, True),
+    ("Answer: B) 1000", "B", Q, True),
+    ("**Answer: D**", "D", Q, True),
+    ("The answer is: $\\boxed{B}$", "B", Q, True),
+    ("The answer is apples.", "A", Q, False),  # "a" then "p": no word boundary, so no letter
+    ("My answer: 2.65", "D", Q, False),  # a value is matched to an option only inside a box
+    ("The answer is $2.65$", "D", Q, False),
     ("The answer is **C**", "C", Q, False),
     ("The answer is $C$", "C", Q, True),
     ("<think>The answer is (A)... no.</think> The answer is (D).", "D", Q, True),
@@ -118,13 +142,22 @@ CASES = [
     ("\\boxed{B}. Hmm, the answer is (C).", "C", Q, False),
     ("\\boxed{35.62}", "C", Q, True),
     ("\\boxed{35.620}", "C", Q, True),
+    ("\\boxed{2.65}", "D", Q, True),
+    ("\\boxed{23.65}", "A", Q, True),
+    ("\\boxed{1023.65}", "E", Q, True),
+    ("\\boxed{35.62} so the answer is B", "C", Q, False),  # a letter outranks a boxed value
+    ("\\boxed{C: 35.62}", "C", Q, False),
     ("\\boxed{1000}", "C", Q, False),
     ("\\boxed{99}", "A", Q, False),
     ("\\boxed{\\text{C}}", "C", Q, True),
     ("\\boxed{(C)}", "C", Q, True),
+    ("\\boxed{\\textbf{C}}", "C", Q, True),  # not a letter box, no option's value: math-verify against "$C$"
+    ("\\boxed{\\text{(C)}}", "C", Q, True),
     ("\\boxed{35.62}", "C", "", False),  # no options in the question: math-verify against "$C$"
     ("\\boxed{3/4}", "B", Q2, True),
     ("\\boxed{\\frac{1}{2}}", "A", Q2, False),  # option A is not parsed, so no value match
+    ("\\boxed{\\frac{3}{4}}", "B", Q2, True),
+    ("\\boxed{\\frac{1}{\\sqrt{4}}}", "A", Q3, False),  # two nested levels: no value read, math-verify vs "$A$"
     ("\\boxed{0.5}", "B", Q3, False),  # the first equal option (A) is the choice
     ("\\boxed{C}", "c", Q, True),
     ("The answer is (C)", "(C)", Q, False),

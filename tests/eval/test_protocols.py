@@ -71,6 +71,150 @@ def test_vllm_backend_under_opd(monkeypatch, tiny_tokenizer):
     assert len(out[0]) == 8 and out[0][0].text.startswith("<think>")  # special tokens kept
 
 
+def _answering(tok, canned: dict[str, str], stop: int):
+    """A fake engine's answer: the canned text whose key the decoded prompt contains, as ids, then `stop`."""
+
+    def respond(prompt_ids):
+        prompt = tok.decode(prompt_ids)
+        hits = [text for key, text in canned.items() if key in prompt]
+        assert len(hits) == 1, prompt
+        return tok(hits[0], add_special_tokens=False)["input_ids"] + [stop]
+
+    return respond
+
+
+def test_paper_settings_reach_vllm_through_the_runner(monkeypatch, caplog, qwen_vocab_dir, bench_dir, tmp_path):
+    """evaluate_model with backend vllm: the engine and every request get the paper protocol's values, per set
+    (GSM8K 4096 new tokens, AIME 2025 8192 in a 12288 context), the model's own eos as the stop, the seed, and
+    the token ids of the prompt the row records."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from wdl.eval import REFERENCE_SYSTEM_PROMPT
+
+    tok = AutoTokenizer.from_pretrained(qwen_vocab_dir)
+    canned = {"Tom has": "<think>3 + 4</think> So \\boxed{7}.", "A shirt": "\\boxed{60}", "dropped 8": "It is -3.",
+              "1200 hens": "\\boxed{1500}", "2x = 14": "\\boxed{7}", "frac{1}{3}": "\\boxed{\\frac{5}{6}}"}
+    rec: dict = {}
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module(rec, _answering(tok, canned, 151643), tok))
+    cfg = EvalConfig(benchmarks=[BenchmarkSpec(name="gsm8k"), BenchmarkSpec(name="aime2025")], data_dir=str(bench_dir),
+                     backend="vllm", progress=False, allow_row_count_mismatch=True)
+    with caplog.at_level("WARNING", logger="wdl.eval"):
+        res = evaluate_model(qwen_vocab_dir, cfg, tmp_path)
+    assert rec["llm"] == {"model": str(qwen_vocab_dir), "tokenizer": str(qwen_vocab_dir), "dtype": "bfloat16",
+                          "tensor_parallel_size": 1, "gpu_memory_utilization": 0.85 if torch.cuda.is_available()
+                          else 0.2, "max_model_len": 12288, "seed": 42, "enforce_eager": False,
+                          "trust_remote_code": False, "enable_prefix_caching": False}
+    assert rec["batches"] == [4, 2]  # one call per set (fewer than 128 prompts each)
+    sp = rec["sampling"]
+    assert [p["max_tokens"] for p in sp] == [4096] * 4 + [8192] * 2
+    assert all({k: p[k] for k in ("n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed",
+                                   "stop_token_ids", "skip_special_tokens")} ==
+               {"n": 1, "temperature": 0.0, "top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0,
+                "seed": 42, "stop_token_ids": [151643], "skip_special_tokens": True} for p in sp)
+    rows = [json.loads(line) for line in (tmp_path / "gsm8k.jsonl").read_text().splitlines()]
+    assert rec["prompts"][0] == {"prompt_token_ids": tok(rows[0]["prompt"], add_special_tokens=False)["input_ids"]}
+    assert rows[0]["prompt"].startswith(f"<|im_start|>system\n{REFERENCE_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n")
+    assert rows[0]["prompt"].endswith("<|im_start|>assistant\n")  # thinking mode: the model opens <think> itself
+    assert rows[0]["output"] == "3 + 4 So \\boxed{7}."  # <think> and </think> are special: dropped
+    assert rows[0]["output_tokens"] == len(tok(canned["Tom has"], add_special_tokens=False)["input_ids"]) + 1
+    assert {r["finish_reason"] for r in rows} == {"stop"}
+    g, a = res["gsm8k"], res["aime2025"]
+    assert (g["accuracy"], g["accuracy_lenient"], a["accuracy"]) == (0.75, 1.0, 1.0)  # "It is -3." has no LaTeX
+    assert (g["max_input_tokens"], g["max_new_tokens"], g["max_model_len"]) == (4096, 4096, 8192)
+    assert (a["max_input_tokens"], a["max_new_tokens"], a["max_model_len"]) == (4096, 8192, 12288)
+    assert "detokenized text differs" not in caplog.text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["backend"], summary["runtime"]["dtype"], summary["runtime"]["batch_size"]) == ("vllm",
+                                                                                                   "bfloat16", 128)
+
+
+def test_opd_settings_reach_vllm_through_the_runner(monkeypatch, qwen_vocab_dir, clean_opd_env, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(qwen_vocab_dir)
+    data = write_json(tmp_path / "math500.json", [
+        {"prompt": [{"role": "user", "content": "What is 2+2?"}], "reward_model": {"ground_truth": "4"}},
+        {"prompt": json.dumps([{"role": "user", "content": "What is 3+3?"}]), "reward_model": {"ground_truth": "6"}}])
+    rec: dict = {}
+    respond = _answering(tok, {"2+2": "<think>2+2</think>\n\n\\boxed{4}", "3+3": "<think>hm</think> \\boxed{5}"},
+                         151645)
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module(rec, respond, tok))
+    cfg = EvalConfig(protocol="opd", benchmarks=[BenchmarkSpec(name="math500", path=str(data))], backend="vllm",
+                     allow_public_grader=True, allow_row_count_mismatch=True, progress=False)
+    res = evaluate_model(qwen_vocab_dir, cfg, tmp_path / "out")["math500"]
+    llm = rec["llm"]
+    assert (llm["max_model_len"], llm["trust_remote_code"], llm["dtype"], llm["seed"]) == (5120, True, "bfloat16", 42)
+    assert {k: rec["llm_env"].get(k) for k in OPD_RUNTIME_ENV} == OPD_RUNTIME_ENV  # set before the engine starts
+    assert all((p["stop_token_ids"], p["skip_special_tokens"], p["max_tokens"], p["seed"], p["n"]) ==
+               ([151643, 151645], False, 4096, 42, 1) for p in rec["sampling"])
+    rows = [json.loads(line) for line in (tmp_path / "out" / "math500.jsonl").read_text().splitlines()]
+    assert rows[0]["prompt"] == "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    assert rows[0]["output"] == "<think>2+2</think>\n\n\\boxed{4}"  # special tokens kept
+    assert (res["accuracy"], res["protocol"], res["grader"], res["max_input_tokens"]) == (0.5, "opd", "reference",
+                                                                                         1024)
+
+
+def test_vllm_backend_warns_when_its_text_differs(monkeypatch, caplog, tiny_tokenizer):
+    class Shouting:  # vLLM's detokenizer stand-in, reading the ids differently from the model's tokenizer
+        def decode(self, ids, skip_special_tokens=False):
+            return tiny_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens).upper() + "!"
+
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module({}, (70, 71, 0), Shouting()))
+    gen = make_generator("vllm", "m", tiny_tokenizer, [0], EvalConfig(), max_model_len=64)
+    with caplog.at_level("WARNING", logger="wdl.eval"):
+        out = gen.generate([Request([1], 8)], Sampling(), desc="gsm8k")
+    assert out[0][0].text == tiny_tokenizer.decode([70, 71])  # the decoded ids are graded
+    assert "gsm8k: vLLM's detokenized text differs from the decoded token ids in 1 of 1 generations" in caplog.text
+
+
+def test_paper_settings_reach_transformers_through_the_runner(monkeypatch, tiny_model_dir, tiny_tokenizer,
+                                                             bench_dir, tmp_path):
+    """evaluate_model with backend transformers: the generator is built with the run's stops, special-token
+    handling and batch size, every generate call gets the run's Sampling and per-request budgets, and the
+    GenerationConfig it hands model.generate is greedy with the stops as eos."""
+    from wdl.eval import runner
+
+    made, configs = [], []
+    real = runner.make_generator
+
+    def spy(*args, **kwargs):
+        gen = real(*args, **kwargs)
+        gen.calls = []
+        generate, generation_config = gen.generate, gen._generation_config
+
+        def recording_generate(requests, sampling, *, desc=""):
+            gen.calls.append((desc, list(requests), sampling))
+            return generate(requests, sampling, desc=desc)
+
+        def recording_config(sampling, max_new_tokens):
+            configs.append(generation_config(sampling, max_new_tokens))
+            return configs[-1]
+
+        gen.generate, gen._generation_config = recording_generate, recording_config
+        made.append(gen)
+        return gen
+
+    monkeypatch.setattr(runner, "make_generator", spy)
+    for mode, kw in (("greedy", {}), ("pass1", {"mode": "pass1", "seed": 7})):
+        evaluate_model(tiny_model_dir, _gsm_cfg(bench_dir, backend="transformers", max_new_tokens=3, batch_size=3,
+                                                **kw), tmp_path / mode)
+    greedy, sampled = made
+    stops = json.loads((tmp_path / "greedy" / "summary.json").read_text())["stop_token_ids"]
+    assert stops == [tiny_tokenizer.eos_token_id]  # the tokenizer's eos, also the checkpoint's
+    assert (greedy.stop_ids, greedy.skip_special_tokens, greedy.batch_size) == (stops, True, 3)
+    desc, requests, sampling = greedy.calls[0]
+    assert desc == "gsm8k" and len(requests) == 4 and {r.max_new_tokens for r in requests} == {3}
+    assert sampling == Sampling(temperature=0.0, top_p=1.0, top_k=-1, n=1, seed=42, repetition_penalty=1.0)
+    assert [(c.do_sample, c.eos_token_id, c.max_new_tokens, c.num_return_sequences) for c in configs[:2]] == [
+        (False, stops, 3, 1)] * 2  # two batches of at most 3 prompts
+    assert sampled.calls[0][2] == Sampling(temperature=0.5, top_p=1.0, top_k=-1, n=1, seed=7, repetition_penalty=1.0)
+    c = configs[2]
+    assert (c.do_sample, c.temperature, c.top_p, c.top_k, c.min_p) == (True, 0.5, 1.0, 0, 0.0)
+    rows = [json.loads(line) for line in (tmp_path / "greedy" / "gsm8k.jsonl").read_text().splitlines()]
+    assert [r["prompt_tokens"] for r in rows] == [len(r.prompt_ids) for r in requests]
+
+
 def test_transformers_backend_settings(tiny_model_dir, tiny_tokenizer):
     gen = make_generator("transformers", tiny_model_dir, tiny_tokenizer, [0, 2], EvalConfig(repetition_penalty=1.1),
                          max_model_len=2048)

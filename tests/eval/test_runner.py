@@ -151,7 +151,12 @@ def test_side_by_side_and_provenance_line():
     assert md[2] == "| gsm8k | 4 | 50.0 | **75.0** |"
     assert graded_by(results) == "Accuracy: grader reference, protocol paper, mode greedy."
     results["wmss"] = {"gsm8k": {"accuracy": 0.7, "n": 4, "grader": "lenient", "protocol": "paper", "mode": "greedy"}}
-    assert graded_by(results).startswith("Accuracies come from several settings: grader lenient")
+    assert graded_by(results) == ("Accuracies come from several settings: sft: grader reference, protocol paper, "
+                                  "mode greedy; wmss: grader lenient, protocol paper, mode greedy.")
+    results["wmss"]["aime2025"] = {"accuracy": 0.1, "n": 30, "grader": "reference", "protocol": "opd",
+                                   "mode": "greedy"}
+    assert graded_by(results).endswith("; wmss gsm8k: grader lenient, protocol paper, mode greedy; wmss aime2025: "
+                                       "grader reference, protocol opd, mode greedy.")
     assert side_by_side_table({"m": {"g": {"accuracy": 1.0, "n": 1}}}) == ""
 
 
@@ -205,7 +210,8 @@ def test_cli_transformers_and_compare(tiny_model_dir, bench_dir, tmp_path, capsy
                "--system-prompt", "none", "--no-progress", "--out", str(tmp_path / "cmp")])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert printed.splitlines()[0] == "| benchmark | n | tiny | again |"
+    assert printed.splitlines()[0] == "Accuracy: grader reference, protocol paper, mode greedy."
+    assert printed.splitlines()[2] == "| benchmark | n | tiny | again |"
     assert (tmp_path / "cmp" / "comparison.md").read_text() == printed
     for name in ("tiny", "again"):
         summary = json.loads((tmp_path / "cmp" / name / "summary.json").read_text())
