@@ -272,3 +272,23 @@ def test_eval_in_another_interpreter(tiny_model_dir, bench_dir, tmp_path):
     with pytest.raises(ValueError, match="eval.python: /nonexistent/python does not exist"):
         evaluate_model(tiny_model_dir, EvalConfig(benchmarks=cfg.benchmarks, python="/nonexistent/python"),
                        tmp_path / "x")
+
+
+def test_a_backend_returning_too_few_completions_is_an_error(tiny_model_dir, tiny_tokenizer, bench_dir, tmp_path):
+    """As the reference checks vLLM's outputs: one result per prompt, n completions each, or the run fails
+    (nothing is graded over a shorter denominator)."""
+
+    class Dropping(FakeGenerator):
+        def __init__(self, drop_prompt: bool):
+            super().__init__(tiny_tokenizer, CANNED)
+            self.drop_prompt = drop_prompt
+
+        def generate(self, requests, sampling, *, desc=""):
+            out = super().generate(requests, sampling, desc=desc)
+            return out[:-1] if self.drop_prompt else [c[:-1] if i == 0 else c for i, c in enumerate(out)]
+
+    for drop_prompt, got in ((True, "3 results for 4 prompts"), (False, "4 results for 4 prompts")):
+        with pytest.raises(RuntimeError, match=f"backend fake returned {got} \\(expected 1 completions each\\)"):
+            evaluate_model(tiny_model_dir, _cfg(bench_dir), tmp_path / str(drop_prompt),
+                           generator=Dropping(drop_prompt))
+        assert not (tmp_path / str(drop_prompt) / "summary.json").exists()
