@@ -100,8 +100,16 @@ def _ours(group: dict, mode: str) -> dict | None:
     return r if r is not None and r.get("status") == "ok" else None
 
 
-HEAD = ["stage", "case", "impl", "status", "ms", "p20-p80", "TFLOP/s", "%GEMM", "extraGiB", "peakGiB", "fast x",
-        "lean x"]
+HEAD = ["stage", "case", "impl", "status", "ms", "p20-p80", "TFLOP/s", "%GEMM", "counted", "extraGiB", "peakGiB",
+        "fast x", "lean x"]
+
+
+def _counted(r) -> str:
+    """The GEMM work counted by torch, in units of N*V*(Hs+Hw) (6 = no recompute; '-' where not counted)."""
+    ratio = r.get("flops_counted_ratio")
+    if ratio is None:
+        return "-"
+    return f"{ratio * (6 if r.get('task') == 'fwdbwd' else 2):.2f}NVH"
 
 
 def table_lines(rows) -> list[list[str]]:
@@ -113,14 +121,14 @@ def table_lines(rows) -> list[list[str]]:
             speed = [r["ms_median"] / ours["ms_median"] if ok and ours else None for ours in (fast, lean)]
             lines.append([stage or "-", label, name, _status(r), _fmt(r.get("ms_median"), ".2f"),
                           f"{_fmt(r.get('ms_p20'), '.2f')}-{_fmt(r.get('ms_p80'), '.2f')}" if r.get("ms_p20") else "-",
-                          _fmt(r.get("tflops")), _fmt(r.get("pct_gemm")), _gib(r.get("mem_extra_bytes")),
+                          _fmt(r.get("tflops")), _fmt(r.get("pct_gemm")), _counted(r), _gib(r.get("mem_extra_bytes")),
                           _gib(r.get("mem_peak_bytes") or r.get("mem_needed_bytes_min")),
                           *(_fmt(s, ".2f") + ("x" if s else "") for s in speed)])
         g = gemm_for(rows, next(iter(group.values())))
         if g is not None and g.get("status") == "ok":
             lines.append([stage or "-", label, g["impl"], "ok", _fmt(g.get("ms_median"), ".2f"),
                           f"{_fmt(g.get('ms_p20'), '.2f')}-{_fmt(g.get('ms_p80'), '.2f')}", _fmt(g.get("tflops")),
-                          "100.0", "-", "-", "-", "-"])
+                          "100.0", "-", "-", "-", "-", "-"])
     return lines
 
 
