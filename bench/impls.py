@@ -11,6 +11,7 @@ filtering) are timed and shown for information only.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 from collections.abc import Callable
@@ -76,6 +77,13 @@ class Impl:
                     entropy, nll = self.scores(case, inp)
                 return StepOut(entropy=entropy, nll=nll)
         return run
+
+
+def _import_failure(package: str, module: str, exc: ImportError) -> str:
+    """'missing: ...' when the package is not installed, 'error: ...' when it is but does not import."""
+    if importlib.util.find_spec(module) is None:
+        return f"missing: {package} is not installed"
+    return f"error: {package} is installed but does not import here: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _triton_here(device: torch.device) -> str | None:
@@ -322,8 +330,8 @@ class Liger(Impl):
     def unavailable(self, device):
         try:
             from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
-        except ImportError:
-            return "missing: liger-kernel is not installed"
+        except ImportError as e:
+            return _import_failure("liger-kernel", "liger_kernel", e)
         reason = _triton_here(device)
         if reason:
             return reason
@@ -362,8 +370,8 @@ class CutCrossEntropy(Impl):
     def unavailable(self, device):
         try:
             from cut_cross_entropy import linear_cross_entropy
-        except ImportError:
-            return "missing: cut-cross-entropy is not installed"
+        except ImportError as e:
+            return _import_failure("cut-cross-entropy", "cut_cross_entropy", e)
         if device.type != "cuda":
             return "unsupported: cut-cross-entropy needs CUDA (its autotuned kernels do not run in the interpreter)"
         if not self.filter and "filter_eps" not in inspect.signature(linear_cross_entropy).parameters:

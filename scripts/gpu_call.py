@@ -67,7 +67,7 @@ from wdl.io import atomic_write_json, read_jsonl  # noqa: E402
 
 PREVIOUS = ROOT / ".gpu" / "previous"
 RESERVE_S = 15.0  # kept for the summary at the end
-FILES = ("results.jsonl", "call.json", "summary.md", "call.log", "pytest_gpu.log", "pytest_gpu.xml")
+FILES = ("results.jsonl", "call.json", "summary.md", "call.log", "pytest_gpu.log", "pytest_gpu.xml")  # under $OUT
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,7 @@ class Call:
             self.finished = True
         if reason:
             self.info["ended"] = reason
+        self.info["clocks_at_end"] = gpu_clocks()
         self.write_info()
         rows = load_rows([self.writer.jsonl_path]) if self.writer.jsonl_path.exists() else []
         write_summary(rows, self.out / "summary.md", "gpu")

@@ -54,11 +54,10 @@ def test_rehearsal_runs_every_stage_and_ends_with_the_verdicts(rehearsal):
     assert (out / "call.log").read_text().strip().splitlines()[-1] == lines[-1]
 
 
-def test_rehearsal_files_fit_what_the_device_tool_returns(rehearsal):
+def test_rehearsal_files_fit_what_the_device_tool_returns(rehearsal, scripts):
     _, out = rehearsal
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["results.jsonl", "call.json", "summary.md", "call.log", "pytest_gpu.log",
-                            "pytest_gpu.xml"])
+    assert names == sorted(scripts[3].FILES)
     assert len(names) <= 8 and all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in names)
     assert all((out / n).is_file() and (out / n).stat().st_size < 16 << 20 for n in names)
     rows = read_jsonl(out / "results.jsonl")
