@@ -152,7 +152,7 @@ def evaluate_model(model_path: str | Path, cfg: EvalConfig, out_dir: str | Path,
                          "--bench NAME=PATH")
     out_dir = Path(out_dir)
     if cfg.python and generator is None and not _is_this_interpreter(cfg.python):
-        return _evaluate_in(cfg.python, model_path, cfg, out_dir, model_name)
+        return evaluate_in_subprocess(cfg.python, model_path, cfg, out_dir, model_name)
     from transformers import AutoTokenizer
 
     model_path = str(model_path)
@@ -267,7 +267,8 @@ def _is_this_interpreter(python: str) -> bool:
     return os.path.abspath(os.path.expanduser(python)) == os.path.abspath(sys.executable)
 
 
-def _evaluate_in(python: str, model_path, cfg: EvalConfig, out_dir: Path, model_name: str | None) -> dict:
+def evaluate_in_subprocess(python: str, model_path, cfg: EvalConfig, out_dir: Path,
+                           model_name: str | None) -> dict:
     """Run `python -m wdl.eval` in another interpreter (e.g. the vLLM venv) and read its summary.json."""
     exe = Path(python).expanduser()
     if not exe.is_file():
