@@ -28,7 +28,7 @@ from wdl.config import PipelineConfig, to_dict
 from wdl.data import load_records, tokenize_records
 from wdl.distributed import barrier, init_distributed, leave_distributed
 from wdl.eval import BenchmarkSpec, evaluate_model, load_benchmark
-from wdl.eval.runner import _evaluate_in as evaluate_in_subprocess
+from wdl.eval.runner import evaluate_in_subprocess
 from wdl.io import atomic_directory, atomic_write_json, read_jsonl
 from wdl.models import generation_config_for, is_complete_hf_checkpoint
 from wdl.report import collect_report, plot_training, print_summary, write_report
