@@ -37,8 +37,9 @@ def collect_report(paths: RunPaths, cfg: PipelineConfig, phase_order: Sequence[s
     """report.json's content (without plots) from the run directory's markers, logs and sampling summary."""
     phases = {}
     for p in sorted(paths.markers.glob("*.json")):
-        m = json.loads(p.read_text(encoding="utf-8"))
-        phases[m["phase"]] = {k: v for k, v in m.items() if k not in ("phase", "results", "eval_config")}
+        m = read_marker(paths, p.stem)
+        phases[m.get("phase", p.stem)] = {k: v for k, v in m.items()
+                                           if k not in ("phase", "results", "eval_config", "fingerprint", "outputs")}
     timings = {name: phases[name]["seconds"] for name in phase_order if name in phases}
     evals = {}
     for name in eval_models:
