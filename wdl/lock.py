@@ -55,6 +55,12 @@ def describe_holder(record: dict | None) -> str:
     return text
 
 
+def _program() -> str:
+    """The command's name: `wdl` for the console script and for `python -m wdl` alike."""
+    path = Path(sys.argv[0] if sys.argv and sys.argv[0] else "wdl")
+    return path.parent.name if path.name == "__main__.py" else path.name
+
+
 class RunLock:
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
@@ -82,7 +88,7 @@ class RunLock:
             self.took_over = previous
         atomic_write_json(self.holder_path, {
             "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300],
+            "command": " ".join([_program(), *sys.argv[1:]])[:300],
         })
         return self
 

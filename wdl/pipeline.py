@@ -111,6 +111,7 @@ class Pipeline:
         self._redone: set[str] = set()  # artifacts produced by phases that ran in this command
         self._data_digest: str | None = None  # the training data's digest (own data files, from prepare_run_dir)
         self._fingerprint: Fingerprint | None = None  # of the phase running now
+        self._config_pending = False  # config.yaml to write once a phase runs or all were checked
 
     # ------------------------------------------------------------------------------------ the run
     def active_phases(self, target: str | None = None) -> list[Phase]:
@@ -150,6 +151,7 @@ class Pipeline:
                         self.console.print(f"[dim]phase {phase.name}: complete, skipped[/dim]")
                         continue
                     if self.dist.is_main:
+                        self.write_pending_config()
                         if kind == "redo":
                             self.console.print(f"phase {phase.name}: redone, its input changed ({detail[1]})")
                         self.clear_outputs(phase, work=kind == "redo")
@@ -168,7 +170,13 @@ class Pipeline:
                     self._digests.update(broadcast_object(digests))
                     self._redone.update(phase.outputs)
                 barrier()
+            self.write_pending_config()
         return self.report
+
+    def write_pending_config(self) -> None:
+        if self._config_pending and self.dist.is_main:
+            write_config(self.paths, self.cfg)
+            self._config_pending = False
 
     # ------------------------------------------------------------------------- fingerprints and skipping
     def phase_config(self, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -298,7 +306,9 @@ class Pipeline:
         if self.dist.is_main:
             try:
                 changes = config_changes(self.paths, self.cfg)
-                if changes != []:
+                if changes is None and any(self.paths.markers.glob("*.json")):
+                    self._config_pending = True  # config.yaml was lost: written once the markers have been checked
+                elif changes != []:
                     write_config(self.paths, self.cfg)
                 digest = None
                 if not self.cfg.synthetic.enabled:
