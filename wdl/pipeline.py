@@ -107,7 +107,9 @@ class Pipeline:
         self.allow_data_change = allow_data_change  # resume although a data source changed (the user said so)
         self.report: dict | None = None
         self._datasets: dict[str, Any] = {}
-        self._digests: dict[str, str] = {}  # artifact name -> content digest (from markers, or just written)
+        # artifact name -> content digest, filled as phases are skipped (from their markers) or run; a run that
+        # takes phases' outputs from elsewhere adds theirs, so that later phases' fingerprints see them
+        self.output_digests: dict[str, str] = {}
         self._redone: set[str] = set()  # artifacts produced by phases that ran in this command
         self._data_digest: str | None = None  # the training data's digest (own data files, from prepare_run_dir)
         self._fingerprint: Fingerprint | None = None  # of the phase running now
@@ -147,7 +149,7 @@ class Pipeline:
                         raise PipelineError(detail[0])
                     self._fingerprint = detail[0]
                     if kind == "skip":
-                        self._digests.update(detail[1])
+                        self.output_digests.update(detail[1])
                         self.console.print(f"[dim]phase {phase.name}: complete, skipped[/dim]")
                         continue
                     if self.dist.is_main:
@@ -167,7 +169,7 @@ class Pipeline:
                         digests = write_marker(self.paths, phase.name, time.perf_counter() - t0,
                                                fingerprint=self._fingerprint, outputs=self.output_paths(phase),
                                                **extra)
-                    self._digests.update(broadcast_object(digests))
+                    self.output_digests.update(broadcast_object(digests))
                     self._redone.update(phase.outputs)
                 barrier()
             self.write_pending_config()
@@ -190,8 +192,8 @@ class Pipeline:
     def input_digest(self, name: str) -> str | None:
         """The content digest of input `name`: an artifact an active phase produces (from its marker), the
         training data (own files: their recorded fingerprint), or None (the config names it, e.g. a hub base)."""
-        if name in self._digests:
-            return self._digests[name]
+        if name in self.output_digests:
+            return self.output_digests[name]
         if name == "train_data" and not self.cfg.synthetic.enabled:
             return self._data_digest
         producers = {out for p in self.active_phases() for out in p.outputs}
@@ -241,16 +243,23 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------- the run directory
     def check_model_sources(self) -> None:
-        """Every model the config names can be loaded (local files complete, or a cached / reachable hub name)."""
-        if not self.dist.is_main:
-            return
-        named = {} if self.cfg.model.is_tiny else {"model.base": self.cfg.model.base}
-        if self.cfg.model.tokenizer:
-            named["model.tokenizer"] = self.cfg.model.tokenizer
-        if self.cfg.sampling.scheme == "brownboost" and self.cfg.sampling.brownboost.third_model:
-            named["sampling.brownboost.third_model"] = self.cfg.sampling.brownboost.third_model
-        for what, name in named.items():
-            check_model_source(name, what)
+        """Every model the config names can be loaded (local files complete, or a cached / reachable hub name);
+        rank 0 looks, every rank gets the verdict."""
+        problem = None
+        if self.dist.is_main:
+            named = {} if self.cfg.model.is_tiny else {"model.base": self.cfg.model.base}
+            if self.cfg.model.tokenizer:
+                named["model.tokenizer"] = self.cfg.model.tokenizer
+            if self.cfg.sampling.scheme == "brownboost" and self.cfg.sampling.brownboost.third_model:
+                named["sampling.brownboost.third_model"] = self.cfg.sampling.brownboost.third_model
+            try:
+                for what, name in named.items():
+                    check_model_source(name, what)
+            except ValueError as e:
+                problem = str(e)
+        problem = broadcast_object(problem)
+        if problem is not None:
+            raise PipelineError(problem)
 
     def _open_run_dir(self) -> RunLock:
         root = self.paths.root
@@ -265,8 +274,6 @@ class Pipeline:
             raise PipelineError(f"the run directory {root} is not writable ({e.strerror}: {e.filename or root}): "
                                 "choose another --out or change its permissions") from None
         except OSError as e:
-            if isinstance(e, RunDirectoryInUse):
-                raise
             raise PipelineError(f"cannot use the run directory {root}: {e.strerror or e} "
                                 f"({e.filename or root})") from None
 
@@ -485,9 +492,9 @@ class Pipeline:
     def eval_fingerprint(self, name: str, path: str, settings: dict) -> Fingerprint:
         """Eval of model `name`: the eval settings that change results, the model's content (a run artifact) or
         name, and the synthetic eval set's content."""
-        inputs = {"model": self._digests.get(name, path)}
-        if "eval_data" in self._digests:
-            inputs["eval_data"] = self._digests["eval_data"]
+        inputs = {"model": self.output_digests.get(name, path)}
+        if "eval_data" in self.output_digests:
+            inputs["eval_data"] = self.output_digests["eval_data"]
         return phase_fingerprint(flatten(settings, "eval"), inputs)
 
     def phase_eval(self) -> None:

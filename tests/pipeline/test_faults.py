@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -103,9 +102,9 @@ def test_a_phase_whose_input_was_redone_is_redone(finished_run, tmp_path):
     phases = {p.name: p for p in PHASES}
     for name in ("data", "pretrain", "sft"):  # what the phases before score_sft recorded
         marker = json.loads((out / "phases" / f"{name}.json").read_text())
-        pipe._digests.update({k: v["digest"] for k, v in marker["outputs"].items()})
+        pipe.output_digests.update({k: v["digest"] for k, v in marker["outputs"].items()})
     assert pipe.decide(phases["score_sft"])[0] == "skip"
-    pipe._digests["sft"] = "0" * 64  # sft came out different
+    pipe.output_digests["sft"] = "0" * 64  # sft came out different
     kind, message = pipe.decide(phases["score_sft"])
     assert kind == "error" and "a different input sft" in message  # not redone here: refused
     pipe._redone.add("sft")  # ... because this command redid it: its consumers are redone too

@@ -1,5 +1,6 @@
-"""The tiny pipeline end to end in a subprocess: every output `wdl run` promises (models, report.json, per-phase logs), skipping complete phases on
-a rerun, and resuming after `kill -9` with logs equal (bitwise) to an uninterrupted run's."""
+"""The tiny pipeline end to end in a subprocess: every output `wdl run` promises (models, report.json, per-phase
+logs), skipping complete phases on a rerun, and resuming after `kill -9` with logs equal (bitwise) to an
+uninterrupted run's."""
 
 from __future__ import annotations
 

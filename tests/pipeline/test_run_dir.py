@@ -90,8 +90,8 @@ def test_data_source_changes_are_refused_unless_allowed(tmp_path):
     assert len(read_json(paths.data_sources)["changes"]) == 1
 
 
-HOLD = "import sys, time; from wdl.lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); " \
-       "time.sleep(60)"
+HOLD = ("import sys, time; from wdl.lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(60)")
 
 
 def _holder(directory):
