@@ -19,7 +19,9 @@ with 130 ("interrupted; rerun the same command to resume"). WDL_TRACEBACK=1 show
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import io
 import os
 import sys
 from pathlib import Path
@@ -33,7 +35,7 @@ from wdl.eval.cli import main as eval_main
 from wdl.io import DiskFullError, is_disk_full
 from wdl.models import check_hf_checkpoint
 from wdl.pipeline import PHASE_NAMES, Pipeline
-from wdl.train import extract_submodel
+from wdl.train import NonFiniteLossError, extract_submodel
 from wdl.weights_phase import compute_weights
 
 PHASE_COMMANDS = {
@@ -138,7 +140,8 @@ def describe_os_error(e: OSError) -> str:
 def _check_eval_models(argv: list[str]) -> None:
     """`wdl eval`: every local model directory given is complete (a truncated file is named, not a traceback)."""
     try:
-        args, _ = eval_parser().parse_known_args(argv)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            args, _ = eval_parser().parse_known_args(argv)
     except SystemExit:  # --help or a usage error: the evaluator prints it
         return
     for item in args.models:
@@ -158,7 +161,7 @@ def _guarded(command: str, run) -> int:
     except KeyboardInterrupt:
         print(f"\nwdl {command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except ValueError as e:  # configuration, input and run-directory errors: a message, no traceback
+    except (ValueError, NonFiniteLossError) as e:  # config, input, run-directory errors; a diverging phase
         print(f"wdl {command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
