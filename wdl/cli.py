@@ -33,7 +33,7 @@ from wdl.config import dump_yaml, load_pipeline_config, preset_names
 from wdl.eval.cli import build_parser as eval_parser
 from wdl.eval.cli import main as eval_main
 from wdl.io import DiskFullError, is_disk_full
-from wdl.models import check_hf_checkpoint
+from wdl.models import check_model_source
 from wdl.pipeline import PHASE_NAMES, Pipeline
 from wdl.train import NonFiniteLossError, extract_submodel
 from wdl.weights_phase import compute_weights
@@ -129,12 +129,14 @@ def _load(args):
 def describe_os_error(e: OSError) -> str:
     """One line for an I/O error: what failed, on which path, and what to do."""
     if isinstance(e, DiskFullError) or is_disk_full(e):
-        what = str(e) if isinstance(e, DiskFullError) else f"no space left on device while writing {e.filename or '?'}"
+        what = str(e) if isinstance(e, DiskFullError) else \
+            "no space left on device" + (f" while writing {e.filename}" if e.filename else "")
         return f"{what}: free some space and rerun the same command to resume (nothing half-written is kept)"
     where = f": {e.filename}" if e.filename else ""
     if isinstance(e, PermissionError) or e.errno == errno.EROFS:
         return f"{e.strerror or 'permission denied'}{where}: check the permissions, or choose another path"
-    return f"{e.strerror or e}{where}"
+    text = (e.strerror or str(e) or type(e).__name__).strip().splitlines()
+    return f"{text[0] if text else type(e).__name__}{where}"
 
 
 def _check_eval_models(argv: list[str]) -> None:
@@ -148,8 +150,7 @@ def _check_eval_models(argv: list[str]) -> None:
         name, sep, path = item.partition("=")
         if not (sep and name and "/" not in name and not Path(item).exists()):
             path = item
-        if Path(path).is_dir():
-            check_hf_checkpoint(path)
+        check_model_source(path, "model")
 
 
 def _guarded(command: str, run) -> int:

@@ -67,14 +67,16 @@ def is_disk_full(exc: BaseException, path: str | os.PathLike | None = None) -> b
 
 
 @contextlib.contextmanager
-def writing(path: str | os.PathLike) -> Iterator[None]:
-    """Turn a full-disk failure inside the block into DiskFullError naming `path`."""
+def writing(path: str | os.PathLike, *, probe_space: bool = True) -> Iterator[None]:
+    """Turn a full-disk failure inside the block into DiskFullError naming `path` (a DiskFullError from a
+    nested block, naming the file itself, passes unchanged). `probe_space=False` trusts the errno alone (for a
+    block that does more than write)."""
     try:
         yield
     except DiskFullError:
         raise
     except BaseException as e:
-        if isinstance(e, (KeyboardInterrupt, SystemExit)) or not is_disk_full(e, path):
+        if isinstance(e, (KeyboardInterrupt, SystemExit)) or not is_disk_full(e, path if probe_space else None):
             raise
         raise DiskFullError(path) from e
 

@@ -40,7 +40,7 @@ from wdl.data import load_records, tokenize_records
 from wdl.distributed import barrier, broadcast_object, init_distributed, leave_distributed
 from wdl.eval import BenchmarkSpec, evaluate_model, load_benchmark
 from wdl.eval.runner import _evaluate_in as evaluate_in_subprocess
-from wdl.io import atomic_directory, atomic_write_json, read_json, read_jsonl, remove_stale_temporaries
+from wdl.io import atomic_directory, atomic_write_json, read_json, read_jsonl, remove_stale_temporaries, writing
 from wdl.lock import RunDirectoryInUse, RunLock, describe_holder
 from wdl.models import check_model_source, generation_config_for, is_complete_hf_checkpoint
 from wdl.report import collect_report, plot_training, print_summary, write_report
@@ -161,7 +161,8 @@ class Pipeline:
                 self.check_inputs(phase)
                 self.console.rule(f"phase {phase.name}")
                 t0 = time.perf_counter()
-                extra = phase.run(self) or {}
+                with writing(f"{self.paths.root} (phase {phase.name})", probe_space=False):
+                    extra = phase.run(self) or {}
                 barrier()
                 if phase.marker == "phase":
                     digests = None

@@ -5,6 +5,7 @@ second concurrent run)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -74,7 +75,8 @@ def test_a_truncated_model_is_named_and_the_fix_works(finished_run, tmp_path, ca
     # the same file given to the evaluator
     assert main(["eval", str(out / "sft"), "--out", str(tmp_path / "ev")]) == 2
     err = capsys.readouterr().err
-    assert f"wdl eval: error: {weights}: truncated ({len(good) // 2} bytes, its header describes {len(good)})" in err
+    assert err.startswith("wdl eval: error: ") and \
+        f"{weights}: truncated ({len(good) // 2} bytes, its header describes {len(good)})" in err
     # the fix: delete the marker. Meanwhile an interrupted write left temporaries; they are removed on start
     (out / "phases" / "sft.json").unlink()
     (out / ".wmss.x1.tmp").mkdir()
@@ -200,6 +202,20 @@ def test_missing_model_files_and_offline_hub(tmp_path, capsys, monkeypatch):
     assert "model.base 'Qwen/Qwen3-Nonexistent-Base': not a local directory, and not in the Hugging Face cache nor " \
            "reachable on the hub" in err and "hf download Qwen/Qwen3-Nonexistent-Base" in err
     assert not (tmp_path / "r").exists()  # refused before any work
+
+
+def test_disk_full_inside_a_phase_names_the_run_and_phase(finished_run, tmp_path, capsys, monkeypatch):
+    out = _copy(finished_run, tmp_path)
+    (out / "phases" / "score_base.json").unlink()
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")  # e.g. a library's write, no file named
+
+    monkeypatch.setattr(Pipeline, "phase_score_base", full)
+    assert _run(out) == 1
+    err = capsys.readouterr().err
+    assert f"wdl run: error: no space left on device while writing {out} (phase score_base): free some space" in err
+    assert not (out / "phases" / "score_base.json").exists()
 
 
 def test_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
