@@ -39,7 +39,7 @@ from wdl.config import PipelineConfig, flatten, to_dict
 from wdl.data import load_records, tokenize_records
 from wdl.distributed import barrier, broadcast_object, init_distributed, leave_distributed
 from wdl.eval import BenchmarkSpec, evaluate_model, load_benchmark
-from wdl.eval.runner import _evaluate_in as evaluate_in_subprocess
+from wdl.eval.runner import evaluate_in_subprocess
 from wdl.io import atomic_directory, atomic_write_json, read_json, read_jsonl, remove_stale_temporaries, writing
 from wdl.lock import RunDirectoryInUse, RunLock, describe_holder
 from wdl.models import check_model_source, generation_config_for, is_complete_hf_checkpoint
