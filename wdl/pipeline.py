@@ -39,9 +39,11 @@ from wdl.config import PipelineConfig, flatten, to_dict
 from wdl.data import load_records, tokenize_records
 from wdl.distributed import barrier, broadcast_object, init_distributed, leave_distributed
 from wdl.eval import BenchmarkSpec, evaluate_model, load_benchmark
+from wdl.eval.data import benchmark_file
 from wdl.eval.runner import evaluate_in_subprocess
 from wdl.io import atomic_directory, atomic_write_json, read_json, read_jsonl, remove_stale_temporaries, writing
 from wdl.lock import RunDirectoryInUse, RunLock, describe_holder
+from wdl.manifest import sha256_file
 from wdl.models import check_model_source, generation_config_for, is_complete_hf_checkpoint
 from wdl.report import collect_report, plot_training, print_summary, write_report
 from wdl.run_dir import (
@@ -490,19 +492,31 @@ class Pipeline:
         models["wmss"] = str(self.paths.wmss)
         return models
 
-    def eval_fingerprint(self, name: str, path: str, settings: dict) -> Fingerprint:
+    def eval_fingerprint(self, name: str, path: str, settings: dict, sets: dict[str, str] | None = None
+                         ) -> Fingerprint:
         """Eval of model `name`: the eval settings that change results, the model's content (a run artifact) or
-        name, and the synthetic eval set's content."""
-        inputs = {"model": self.output_digests.get(name, path)}
+        name, the synthetic eval set's content and `sets` (benchmark_digests: each local set's content)."""
+        inputs = {"model": self.output_digests.get(name, path), **(sets or {})}
         if "eval_data" in self.output_digests:
             inputs["eval_data"] = self.output_digests["eval_data"]
         return phase_fingerprint(flatten(settings, "eval"), inputs)
 
+    def benchmark_digests(self, ev) -> dict[str, str]:
+        """"set NAME" -> the SHA-256 of each local benchmark file (an edited set is evaluated again for every
+        model, so the report never compares models on different versions of a set)."""
+        out = {}
+        for spec in ev.benchmarks:
+            file = benchmark_file(spec, ev)
+            if file is not None and file.is_file() and file.resolve() != self.paths.eval_data.resolve():
+                out[f"set {spec.name}"] = f"sha256:{sha256_file(file)}"
+        return out
+
     def phase_eval(self) -> None:
         ev = self.eval_config()
         settings = {k: v for k, v in to_dict(ev).items() if k != "progress"}  # what changes results
+        sets = self.benchmark_digests(ev)
         for name, path in self.eval_models().items():
-            fp = self.eval_fingerprint(name, path, settings)
+            fp = self.eval_fingerprint(name, path, settings, sets)
             out_dir = self.paths.eval / name
             if check_marker(self.paths, f"eval.{name}", fp, {"eval": out_dir}).ok:
                 self.console.print(f"[dim]eval {name}: complete, skipped[/dim]")

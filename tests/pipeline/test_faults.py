@@ -282,3 +282,17 @@ def test_bad_values_fail_before_any_work(tmp_path, capsys, override, message):
     if not override.startswith(("trian", "sft.lr.x", "data.sources")):
         assert f"override '{override}': " in err  # blamed on the override, never on the preset file
     assert not out.exists()
+
+
+def test_an_edited_eval_set_is_evaluated_again_for_every_model(tmp_path):
+    bench = tmp_path / "mine.jsonl"
+    bench.write_text('{"question": "1+1?", "answer": "2"}\n')
+    cfg = load_pipeline_config(None, [*SHORT, f"eval.benchmarks=[{{name: mine, path: {bench}, format: qa}}]"])
+    pipe = Pipeline(cfg, tmp_path / "run")
+    ev = pipe.eval_config()
+    settings = {"x": 1}
+    before = pipe.eval_fingerprint("sft", "m", settings, pipe.benchmark_digests(ev))
+    assert list(pipe.benchmark_digests(ev)) == ["set mine"]  # the synthetic set is covered by the data phase
+    bench.write_text('{"question": "1+1?", "answer": "3"}\n')  # same path, same size
+    after = pipe.eval_fingerprint("sft", "m", settings, pipe.benchmark_digests(ev))
+    assert before.differences(after) == ["input set mine"]
