@@ -37,6 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from wdl import synthetic
 from wdl.config import PipelineConfig, flatten, to_dict
 from wdl.data import load_records, tokenize_records
+from wdl.data.records import check_sources
 from wdl.distributed import barrier, broadcast_object, init_distributed, leave_distributed
 from wdl.eval import BenchmarkSpec, evaluate_model, load_benchmark
 from wdl.eval.data import benchmark_file
@@ -246,8 +247,8 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------- the run directory
     def check_model_sources(self) -> None:
-        """Every model the config names can be loaded (local files complete, or a cached / reachable hub name);
-        rank 0 looks, every rank gets the verdict."""
+        """Every model the config names can be loaded (local files complete, or a cached / reachable hub name),
+        and every local data file exists; rank 0 looks, every rank gets the verdict."""
         problem = None
         if self.dist.is_main:
             named = {} if self.cfg.model.is_tiny else {"model.base": self.cfg.model.base}
@@ -258,6 +259,8 @@ class Pipeline:
             try:
                 for what, name in named.items():
                     check_model_source(name, what)
+                if not self.cfg.synthetic.enabled:
+                    check_sources(self.cfg.data.sources)  # a mistyped data path: refused before any work
             except ValueError as e:
                 problem = str(e)
         problem = broadcast_object(problem)
@@ -309,12 +312,20 @@ class Pipeline:
             if lock is not None:
                 lock.release()
 
+    def nothing_done(self) -> bool:
+        """No phase completed and no training checkpoint was written here: nothing depends on the recorded config
+        and data yet."""
+        return not any(self.paths.markers.glob("*.json")) and not any(self.paths.root.glob("work/*/step-*"))
+
     def prepare_run_dir(self) -> None:
         """Write config.yaml on a new run; on a resumed one, refuse a config that would change its artifacts.
         Record the training data's fingerprints (own data files), or refuse a change of their content."""
         outcome = None
         if self.dist.is_main:
             try:
+                if self.nothing_done():  # a start that failed before any result: the config may change
+                    for record in (self.paths.config, self.paths.data_sources):
+                        record.unlink(missing_ok=True)
                 changes = config_changes(self.paths, self.cfg)
                 if changes is None and any(self.paths.markers.glob("*.json")):
                     self._config_pending = True  # config.yaml was lost: written once the markers have been checked
