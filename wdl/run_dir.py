@@ -347,7 +347,7 @@ def check_data_sources(paths: RunPaths, current: Mapping[str, str], *, allow_cha
         fingerprint, content = dict(record["fingerprint"]), dict(record["content"])
     except ValueError as e:  # read_json's message names the file, the line and the fix
         raise PipelineError(str(e)) from None
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError):
         raise PipelineError(f"{paths.data_sources}: not a data-source record (a JSON object with fingerprint and "
                             f"content): {fix}") from None
     if current != content:
