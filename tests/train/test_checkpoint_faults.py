@@ -241,7 +241,11 @@ def test_extract_verifies_before_reading(pristine, tmp_path, capsys):
     (root / "work" / "step-4" / "state" / ".metadata").write_bytes(pickle.dumps(_Plant(pwned)))
     with pytest.raises(CheckpointError, match=r"step-4 fails verification: .*\.metadata"):
         extract_submodel(root / "work" / "step-4", tmp_path / "x")
+    (tmp_path / ".strong.x1y2.tmp").mkdir()  # what an interrupted extract into the same --out left
+    (tmp_path / ".strong.x1y2.tmp" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".other.x1y2.tmp").mkdir()  # not ours to judge: another target's
     out = extract_submodel(root / "work", tmp_path / "strong")  # the work dir: the newest that verifies
+    assert not (tmp_path / ".strong.x1y2.tmp").exists() and (tmp_path / ".other.x1y2.tmp").exists()
     assert not pwned.exists()
     assert "using step-2, the newest checkpoint of" in capsys.readouterr().err
     assert (out / "model.safetensors").is_file()
