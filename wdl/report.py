@@ -8,7 +8,6 @@ the report can be rebuilt at any time from a finished or partial run directory.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import platform
@@ -24,7 +23,7 @@ from rich.table import Table
 
 from wdl.config import PipelineConfig, to_dict
 from wdl.eval.report import graded_by, side_by_side_table
-from wdl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from wdl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from wdl.run_dir import RunPaths, read_marker
 
 # Curves plotted for the training phases (the paper's saturation story: the margin stalls under SFT).
@@ -38,18 +37,20 @@ def collect_report(paths: RunPaths, cfg: PipelineConfig, phase_order: Sequence[s
     """report.json's content (without plots) from the run directory's markers, logs and sampling summary."""
     phases = {}
     for p in sorted(paths.markers.glob("*.json")):
-        m = json.loads(p.read_text(encoding="utf-8"))
-        phases[m["phase"]] = {k: v for k, v in m.items() if k not in ("phase", "results", "eval_config")}
+        m = read_marker(paths, p.stem)
+        phases[m.get("phase", p.stem)] = {k: v for k, v in m.items()
+                                           if k not in ("phase", "results", "eval_config", "fingerprint", "outputs")}
     timings = {name: phases[name]["seconds"] for name in phase_order if name in phases}
     evals = {}
     for name in eval_models:
         marker = read_marker(paths, f"eval.{name}")
-        if marker is not None:
+        if marker is not None and isinstance(marker.get("results"), dict):
             evals[name] = marker["results"]
     logs = {ph: read_jsonl(paths.log(ph)) for ph in phase_order}
     sampling = None
     if paths.resampled.is_file():
-        sampling = {k: v for k, v in json.loads(paths.resampled.read_text(encoding="utf-8")).items() if k != "ids"}
+        resampled = read_json(paths.resampled, fix=f"delete it and {paths.marker('weights')} to redo the weights phase")
+        sampling = {k: v for k, v in resampled.items() if k != "ids"} if isinstance(resampled, dict) else None
     return {
         "eval": evals,
         "timings": timings,
