@@ -38,6 +38,7 @@ RESUMABLE_CHANGES = (
     "*.log_every",
     "*.checkpoint_every",
     "*.keep_last",
+    "*.drop_optimizer_state",
     "scoring.tokens_per_micro_batch",
 )
 

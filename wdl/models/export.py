@@ -7,6 +7,8 @@ everything into a temporary directory that is renamed into place, so a reader ne
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +25,40 @@ def is_complete_hf_checkpoint(path: str | Path) -> bool:
     p = Path(path)
     has_weights = any(p.glob("*.safetensors")) or (p / "model.safetensors.index.json").is_file()
     return p.is_dir() and (p / "config.json").is_file() and has_weights
+
+
+def verify_hf_checkpoint(path: str | Path) -> None:
+    """Raise ValueError unless `path` is a complete HF checkpoint: config.json loads, and every weight file is
+    whole (its size is what its safetensors header declares) and holds every parameter of the model the
+    config describes, with its shape. Reads the headers only, not the weights."""
+    path = Path(path)
+    if not is_complete_hf_checkpoint(path):
+        raise ValueError(f"{path}: not a complete Hugging Face checkpoint (config.json and *.safetensors)")
+    config = AutoConfig.from_pretrained(str(path))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found: dict[str, tuple] = {}
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{path}: no *.safetensors weights (only safetensors exports are verified)")
+    for f in files:
+        with f.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        header.pop("__metadata__", None)
+        end = max((t["data_offsets"][1] for t in header.values()), default=0)
+        if f.stat().st_size != 8 + n + end:
+            raise ValueError(f"{f}: {f.stat().st_size} bytes, its header declares {8 + n + end}: the file is cut short")
+        found.update({k: tuple(t["shape"]) for k, t in header.items()})
+    wrong = [k for k, s in found.items() if k in expected and expected[k] != s]
+    aliases: dict[int, list[str]] = {}  # a tied lm_head is saved once, under either name
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(name)
+    missing = [names[0] for names in aliases.values() if not any(a in found for a in names)]
+    if wrong or missing:
+        raise ValueError(f"{path}: the weights do not match its config: missing {missing[:5]}, wrong shapes "
+                         f"{wrong[:5]} (of {len(aliases)} parameters)")
 
 
 def export_dtype(model_path: str | Path) -> torch.dtype:

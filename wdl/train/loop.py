@@ -14,6 +14,7 @@ gradient norm): all ranks take the same decision.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -124,6 +125,11 @@ class Trainer:
                 truncate_log(self.log_path, 0)  # a run without a checkpoint starts over: so does its log
             barrier()
             return
+        if json.loads((latest / "trainer_state.json").read_text(encoding="utf-8")).get("optimizer_state") is False:
+            raise ValueError(f"{latest} holds model weights only (its optimizer state was dropped when the phase "
+                             f"finished: train.drop_optimizer_state) and cannot resume training; its export "
+                             f"{self.export_dir} is missing: rebuild it with `wdl extract --from {latest} --out "
+                             f"{self.export_dir}`, or delete {self.work_dir} to train the phase again")
         state, rank_state = self.ckpt.load(latest, self.backend)
         if state["total_steps"] != self.total_steps:
             raise ValueError(f"{latest}: the checkpoint belongs to a run of {state['total_steps']} steps, this one "
@@ -137,6 +143,7 @@ class Trainer:
         set_rng_state(rank_state["rng"])
         self.resumed_from = self.step
         if self.dist.is_main:
+            print(f"{self.name}: resuming from step {self.step}/{self.total_steps} ({latest})", flush=True)
             truncate_log(self.log_path, self.step)
         barrier()
 
