@@ -7,7 +7,10 @@
   wdl weights --scores-dir D --out-dir D ...        weights + resampling from existing score files
   wdl extract --from DIR --out DIR                  the strong sub-model of a joint checkpoint -> HF checkpoint
   wdl eval ...                                      the evaluator (wdl.eval), see `wdl eval --help`
-  wdl config [CONFIG] [key=value ...]               print the resolved config (and check it)
+  wdl check [CONFIG] [--out DIR] [key=value ...]    the preflight alone: models, tokenizer, data, eval sets,
+                                                    disk (and GPU memory); each problem one line with its fix
+  wdl config [CONFIG] [key=value ...]               print the resolved config (training data not required)
+  wdl --version
 
 CONFIG is a YAML file or a preset name; without it the embedded default (`tiny`) runs.
 """
@@ -15,6 +18,7 @@ CONFIG is a YAML file or a preset name; without it the embedded default (`tiny`)
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from transformers.utils import logging as hf_logging
 from wdl.config import dump_yaml, load_pipeline_config, preset_names
 from wdl.eval.cli import main as eval_main
 from wdl.pipeline import PHASE_NAMES, Pipeline
+from wdl.preflight import problems
 from wdl.train import extract_submodel
 from wdl.weights_phase import compute_weights
 
@@ -40,10 +45,20 @@ _CONFIG_HELP = (
 )
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, *, preflight: bool = False) -> None:
     p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=_CONFIG_HELP.format(presets=", ".join(
         preset_names())))
     p.add_argument("--out", metavar="DIR", help="run directory (default: run.out of the config)")
+    if preflight:
+        p.add_argument("--no-preflight", dest="preflight", action="store_false",
+                       help="skip the checks before any work (see `wdl check`)")
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("wdl")
+    except importlib.metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,17 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 2)[2],
     )
+    parser.add_argument("--version", action="version", version=f"wdl {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="run the whole pipeline (the embedded tiny default without CONFIG)",
                        description="Run every phase: " + ", ".join(PHASE_NAMES) + ". Complete phases are skipped; "
-                       "an interrupted one resumes. Rerun the same command after any interruption.")
-    _add_config_args(p)
+                       "an interrupted one resumes. Rerun the same command after any interruption. The "
+                       "preflight (`wdl check`) runs first.")
+    _add_config_args(p, preflight=True)
 
     for name, (target, text) in PHASE_COMMANDS.items():
         p = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}. Runs the pipeline up to "
                            f"phase {target!r} in the run directory (complete phases are skipped).")
-        _add_config_args(p)
+        _add_config_args(p, preflight=True)
         if name == "score":
             p.add_argument("--model", help="score this model (HF name or checkpoint) instead of the pipeline's")
             p.add_argument("--name", help="with --model: output name, DIR/scores/NAME.jsonl")
@@ -83,8 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("eval", help="evaluate checkpoints on math benchmarks (see `wdl eval --help`)", add_help=False)
 
+    p = sub.add_parser("check", help="check models, tokenizer, data, eval sets, disk and GPU memory before a run",
+                       description="The preflight of `wdl run` alone: the base model and tokenizer load (config, "
+                       "chat template), the training files exist and their first records parse, the eval sets are "
+                       "present, the free disk covers an estimate of what the run writes, and (where a GPU is "
+                       "present) an estimate of each phase's memory fits. One line per check; each problem names "
+                       "its fix. Exit status 1 when there is a problem.")
+    _add_config_args(p)
+
     p = sub.add_parser("config", help="print the resolved config (validates it)",
-                       description="Print the resolved config as YAML, after presets, extends and overrides.")
+                       description="Print the resolved config as YAML, after presets, extends and overrides. "
+                       "A preset prints without training data (`wdl run` needs data.sources).")
     _add_config_args(p)
     p.add_argument("--presets", action="store_true", help="list the preset names and exit")
     return parser
@@ -103,11 +129,11 @@ def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
-def _load(args):
+def _load(args, *, runnable: bool = True):
     config, overrides = split_config_args(args.args)
     if args.out:
         overrides.append(f"run.out={args.out}")
-    return load_pipeline_config(config, overrides)
+    return load_pipeline_config(config, overrides, runnable=runnable)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +159,7 @@ def _dispatch(args) -> int:
         if args.presets:
             print("\n".join(preset_names()))
             return 0
-        print(dump_yaml(_load(args)), end="")
+        print(dump_yaml(_load(args, runnable=False)), end="")
         return 0
     if args.command == "extract":
         extract_submodel(args.source, args.out, which=args.which)
@@ -152,8 +178,16 @@ def _dispatch(args) -> int:
     if not sys.stdout.isatty():  # in a log file a progress bar is one endless line
         datasets.disable_progress_bars()
     pipe = Pipeline(cfg, cfg.run.out)
+    if args.command == "check":
+        findings = pipe.check()
+        for f in findings:
+            print(f)
+        bad = problems(findings)
+        print(f"{len(bad)} problem(s)" if bad else "ready to run", file=sys.stderr if bad else sys.stdout)
+        return 1 if bad else 0
+    check = getattr(args, "preflight", True)
     if args.command == "run":
-        pipe.run()
+        pipe.run(check=check)
     elif args.command == "score" and args.model:
         if not args.name:
             raise ValueError("--model needs --name (the output is DIR/scores/NAME.jsonl)")
@@ -161,9 +195,9 @@ def _dispatch(args) -> int:
         pipe.score_model(args.model, args.name)
     else:
         target = PHASE_COMMANDS[args.command][0]
-        pipe.run(target)
+        pipe.run(target, check=check)
         if args.command == "score" and pipe.is_done("sft"):
-            pipe.run("score_sft")
+            pipe.run("score_sft", check=False)
     return 0
 
 

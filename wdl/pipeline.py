@@ -26,16 +26,21 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from wdl import synthetic
 from wdl.config import PipelineConfig, to_dict
 from wdl.data import load_records, tokenize_records
-from wdl.distributed import barrier, init_distributed, leave_distributed
-from wdl.eval import BenchmarkSpec, evaluate_model, load_benchmark
+from wdl.distributed import (all_gather_objects, barrier, init_distributed, leave_distributed,
+                             process_group_backend)
+from wdl.eval import BenchmarkSpec, evaluate_model
+from wdl.footprint import fmt_bytes
 from wdl.eval.runner import _evaluate_in as evaluate_in_subprocess
 from wdl.io import atomic_directory, atomic_write_json, read_jsonl
 from wdl.models import generation_config_for, is_complete_hf_checkpoint
+from wdl.preflight import Finding, PreflightError, preflight
+from wdl.progress import Progress
 from wdl.report import collect_report, plot_training, print_summary, write_report
 from wdl.run_dir import PipelineError, RunPaths, config_changes, read_marker, write_config, write_marker
 from wdl.scoring import score_dataset
 from wdl.tiny import build_tokenizer, tiny_qwen3_config
 from wdl.train import train_phase
+from wdl.train.retention import drop_optimizer_state
 from wdl.weights_phase import compute_weights
 
 __all__ = ["EVAL_MODELS", "PHASES", "Phase", "Pipeline", "PipelineError"]
@@ -72,6 +77,7 @@ PHASES = (
 )
 PHASE_NAMES = tuple(p.name for p in PHASES)
 EVAL_MODELS = ("base", "sft", "sft_continued", "wmss")  # in report order
+EVAL_SYSTEM_PROMPT = "eval"  # data.system_prompt value: the eval config's system prompt (eval.system_prompt)
 
 
 class Pipeline:
@@ -101,11 +107,12 @@ class Pipeline:
     def is_done(self, phase: str) -> bool:
         return self.paths.marker(phase).is_file()
 
-    def run(self, target: str | None = None) -> dict | None:
-        """Run every active phase up to `target`; returns the report (None on ranks other than 0)."""
+    def run(self, target: str | None = None, *, check: bool = True) -> dict | None:
+        """Run every active phase up to `target` (after the preflight unless `check` is false); returns the
+        report (None on ranks other than 0)."""
         phases = self.active_phases(target)
-        if any(p.name == "eval" for p in phases):
-            self.check_eval_sets()
+        if check:
+            self.preflight(phases)
         self.prepare_run_dir()
         for phase in phases:
             if phase.ranks == "main" and self.dist.distributed:
@@ -124,6 +131,27 @@ class Pipeline:
                 write_marker(self.paths, phase.name, time.perf_counter() - t0, **extra)
             barrier()
         return self.report
+
+    def pending(self, phases: list[Phase]) -> list[str]:
+        """The names of `phases` that still have work to do (eval and report always may)."""
+        return [p.name for p in phases if not (p.marker == "phase" and self.is_done(p.name))]
+
+    def check(self, phases: list[Phase] | None = None) -> list[Finding]:
+        """The preflight's findings for the pending phases (wdl/preflight.py); no side effects."""
+        pending = self.pending(phases if phases is not None else self.active_phases())
+        ev, skipped = (self.eval_config(with_skipped=True) if "eval" in pending else (None, []))
+        return preflight(self.cfg, self.paths, pending, ev, skipped, world_size=self.dist.world_size)
+
+    def preflight(self, phases: list[Phase]) -> None:
+        """Rank 0 checks, every rank learns the outcome; raises PreflightError listing the problems."""
+        findings = self.check(phases) if self.dist.is_main else None
+        findings = all_gather_objects(findings)[0]
+        for f in findings:
+            self.console.print(f"[dim]preflight {f}[/dim]" if f.ok else f"[bold red]preflight {f}[/bold red]",
+                               highlight=False)
+        problems = [f for f in findings if not f.ok]
+        if problems:
+            raise PreflightError(problems)
 
     def check_inputs(self, phase: Phase) -> None:
         """Every input that a phase of this run produces exists (a marker may outlive a deleted artifact)."""
@@ -160,6 +188,8 @@ class Pipeline:
         changes: dict[str, Any] = {}
         if not data.cache_dir:
             changes["cache_dir"] = str(self.paths.cache)
+        if data.system_prompt == EVAL_SYSTEM_PROMPT:  # train with the prompt the models are evaluated with
+            changes["system_prompt"] = self.cfg.eval.system_prompt_text
         if kind == "pretrain":
             changes.update(sources=[str(self.paths.pretrain_data)], loss_on="all")
         elif self.cfg.synthetic.enabled:
@@ -171,7 +201,10 @@ class Pipeline:
         if kind not in self._datasets:
             cfg = self.data_config(kind)
             tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_source)
-            ds, tok_report = tokenize_records(load_records(cfg), tokenizer, cfg)
+            records = load_records(cfg)
+            with Progress(f"tokenizing {kind} data", total=records.num_rows, unit="records", bar=False,
+                          enabled=self.dist.is_main) as progress:  # on a terminal datasets draws the bar
+                ds, tok_report = tokenize_records(records, tokenizer, cfg, progress)
             self.console.print(f"{kind} data: {tok_report}")
             self._datasets[kind] = ds
         return self._datasets[kind]
@@ -197,12 +230,25 @@ class Pipeline:
             weak_model=weak,
             tokenizer_path=self.tokenizer_source,
         )
+        extra = {}
+        if train_cfg.drop_optimizer_state:  # before the marker: an interrupted rewrite is finished on the rerun
+            if self.dist.is_main:
+                freed = drop_optimizer_state(self.paths.work(name), export_dir)
+                extra["optimizer_state_dropped_bytes"] = freed
+                if freed:
+                    self.console.print(f"{name}: export verified; optimizer state dropped from its checkpoints "
+                                       f"({fmt_bytes(freed)} freed)")
+            barrier()
         # train_seconds sums the training time of every attempt (a resumed phase's wall time does not)
-        return {"steps": summary.steps, "train_seconds": round(summary.wall_s, 3),
-                "resumed_from": summary.resumed_from, "final_loss": summary.final_loss}
+        return {**extra, "steps": summary.steps, "train_seconds": round(summary.wall_s, 3),
+                "resumed_from": summary.resumed_from, "final_loss": summary.final_loss,
+                "world_size": self.dist.world_size, "backend": train_cfg.backend,
+                "process_group": process_group_backend()}
 
     def score_model(self, model: str, name: str) -> dict[int, dict]:
         out_path = self.paths.score_file(name)
+        if not out_path.is_file():
+            self.console.print(f"scoring {name} ({model}) on {len(self.dataset('train'))} samples")
         scores = score_dataset(model, self.dataset("train"), out_path=out_path,
                                tokens_per_micro_batch=self.cfg.scoring.tokens_per_micro_batch,
                                dtype=self.cfg.scoring.dtype)
@@ -272,26 +318,19 @@ class Pipeline:
                            resampled=True)
 
     # --------------------------------------------------------------------------------------------- eval
-    def eval_config(self):
+    def eval_config(self, *, with_skipped: bool = False):
+        """The eval config the run uses: the synthetic set added, optional sets without a local copy left out
+        (with `with_skipped`: also the list of those)."""
         ev = self.cfg.eval
         if ev.progress and not sys.stdout.isatty():  # progress bars in a log file are one endless line
             ev = dataclasses.replace(ev, progress=False)
         if self.cfg.synthetic.enabled and self.cfg.synthetic.n_eval > 0:
             spec = BenchmarkSpec(name="synthetic", path=str(self.paths.eval_data), format="gsm8k")
             ev = dataclasses.replace(ev, benchmarks=[spec, *[b for b in ev.benchmarks if b.name != "synthetic"]])
-        return ev
-
-    def check_eval_sets(self) -> None:
-        """Read every benchmark before any training: a missing or malformed set fails now, not after hours."""
-        ev = self.cfg.eval
-        if not ev.benchmarks and not (self.cfg.synthetic.enabled and self.cfg.synthetic.n_eval > 0):
-            raise PipelineError("eval.benchmarks: no benchmarks to evaluate on; list them (see docs/config.md) or "
-                                "set run.eval=false")
-        for spec in ev.benchmarks:
-            try:
-                load_benchmark(spec, ev)
-            except (OSError, ValueError) as e:
-                raise PipelineError(f"eval.benchmarks: {spec.name}: {e} (or set run.eval=false)") from None
+        present, skipped = ev.present_benchmarks()
+        if skipped:
+            ev = dataclasses.replace(ev, benchmarks=present)
+        return (ev, skipped) if with_skipped else ev
 
     def eval_models(self) -> dict[str, str]:
         models = {"base": self.base_model} if self.cfg.run.eval_base else {}

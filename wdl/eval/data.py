@@ -203,7 +203,7 @@ def to_problem(where: str, rec: dict, index: int, spec: BenchmarkSpec, fmt: str)
 
 
 def load_benchmark(spec: BenchmarkSpec, cfg: EvalConfig | None = None) -> list[Problem]:
-    """The problems of one set (the first `spec.limit` of them when set), validated."""
+    """The problems of one set (the first `spec.limit`, else `cfg.limit`, of them when set), validated."""
     cfg = cfg or EvalConfig()
     path = cfg.resolve_path(spec)
     if path is not None:
@@ -233,11 +233,12 @@ def load_benchmark(spec: BenchmarkSpec, cfg: EvalConfig | None = None) -> list[P
                 fmt = detect_format(rows[0][1])
             except ValueError as e:
                 raise ValueError(f"{rows[0][0]}: {e}") from None
-    if spec.limit is not None:
-        rows = rows[: spec.limit]
+    limit = spec.limit if spec.limit is not None else cfg.limit
+    if limit is not None:
+        rows = rows[:limit]
     problems = [to_problem(where, rec, i, spec, fmt) for i, (where, rec) in enumerate(rows)]
     info = spec.info
-    if info is not None and info.n_expected and spec.limit is None and len(problems) != info.n_expected:
+    if info is not None and info.n_expected and limit is None and len(problems) != info.n_expected:
         log.warning("%s: %d problems, the standard %s set has %d", source, len(problems), spec.name,
                     info.n_expected)
     return problems
