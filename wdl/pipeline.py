@@ -147,8 +147,7 @@ class Pipeline:
         findings = self.check(phases) if self.dist.is_main else None
         findings = all_gather_objects(findings)[0]
         for f in findings:
-            self.console.print(f"[dim]preflight {f}[/dim]" if f.ok else f"[bold red]preflight {f}[/bold red]",
-                               highlight=False)
+            self.console.print(f"preflight {f}", style="dim" if f.ok else "bold red", markup=False, highlight=False)
         problems = [f for f in findings if not f.ok]
         if problems:
             raise PreflightError(problems)

@@ -240,8 +240,8 @@ def restate_benchmarks(specs) -> str:
 
 
 def check_eval(ev: EvalConfig, user_specs) -> list[Finding]:
-    """The sets of `ev` (the eval config the run will use); `user_specs` are those the user listed (without the
-    pipeline's own synthetic set), used to restate the list without a failing one."""
+    """The sets of `ev` (the eval config the run will use); `user_specs` are the sets the config lists (optional
+    ones included, the pipeline's synthetic set not), from which the fixes restate the list."""
     if not ev.benchmarks:
         return [Finding("eval.benchmarks", False, "no benchmarks to evaluate on",
                         "list them, e.g. 'eval.benchmarks=[{name: gsm8k}]' with eval.data_dir=/data/seed_eval "
@@ -255,7 +255,7 @@ def check_eval(ev: EvalConfig, user_specs) -> list[Finding]:
                 and ev.resolve_path(s) is None]
     if unplaced and not ev.data_dir:
         names = ", ".join(s.name for s in unplaced)
-        keep = [s for s in user_specs if s not in unplaced]
+        keep = [s for s in user_specs if s.name not in {u.name for u in unplaced}]
         drop = f"evaluate the others only: {restate_benchmarks(keep)}; " if keep else ""
         findings.append(Finding("eval.data_dir", False, f"not set, and {names} have no path",
                                 "eval.data_dir=/path/to/seed_eval (a folder in the reference layout: "
@@ -263,10 +263,14 @@ def check_eval(ev: EvalConfig, user_specs) -> list[Finding]:
     for spec in ev.benchmarks:
         if spec in unplaced and not ev.data_dir:
             continue
+        hub = spec.hf or (spec.info.hf if spec.info else None)
         try:
+            if ev.resolve_path(spec) is None and hub and hub_offline():
+                raise OSError(f"no local copy, and its Hugging Face copy {hub} cannot be read: the hub is off "
+                              "(HF_HUB_OFFLINE)")
             problems = load_benchmark(spec, ev)
         except (OSError, ValueError) as e:
-            keep = [s for s in user_specs if s is not spec]
+            keep = [s for s in user_specs if s.name != spec.name]
             where = ev.resolve_path(spec)
             folder = spec.info.subdir if spec.info else spec.name
             place = (f"put it at {Path(ev.data_dir) / folder / 'test.json'}, " if ev.data_dir and spec.info and
@@ -383,12 +387,14 @@ def preflight(cfg, paths: RunPaths, pending: Sequence[str], eval_cfg: EvalConfig
         else:
             findings.extend(check_sources(cfg.data, tokenizer))
     if eval_cfg is not None:
-        user = [b for b in eval_cfg.benchmarks if not (cfg.synthetic.enabled and b.name == "synthetic")]
-        if len(user) < len(eval_cfg.benchmarks):
+        synthetic = cfg.synthetic.enabled and any(b.name == "synthetic" for b in eval_cfg.benchmarks)
+        checked = [b for b in eval_cfg.benchmarks if not (synthetic and b.name == "synthetic")]
+        if synthetic:
             findings.append(Finding("eval.benchmarks: synthetic", True, "the held-out synthetic split (phase data "
                                     "writes it)"))
-        if user or len(user) == len(eval_cfg.benchmarks):
-            findings.extend(check_eval(replace(eval_cfg, benchmarks=user), user))
+        if checked or not synthetic:
+            listed = [b for b in cfg.eval.benchmarks if not (synthetic and b.name == "synthetic")]
+            findings.extend(check_eval(replace(eval_cfg, benchmarks=checked), listed))
         for spec in skipped_sets:
             findings.append(Finding(f"eval.benchmarks: {spec.name}", True, "optional and not found under "
                                     f"eval.data_dir ({eval_cfg.data_dir}): skipped (evaluated once "

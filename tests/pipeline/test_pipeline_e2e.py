@@ -124,6 +124,7 @@ def test_resume_after_kill_9_matches_uninterrupted(finished_run, tmp_path):
     assert not (out / "wmss").exists()
     finished = run_wdl(out)
     assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "joint: resuming from step " in finished.stdout  # a resume is announced
     for phase in TRAINING_LOGS:
         got = _log(out / "logs" / f"{phase}.jsonl")
         want = _log(reference / "logs" / f"{phase}.jsonl")

@@ -1,0 +1,65 @@
+"""Disk discipline and console output of the finished tiny run: finished phases keep model-only checkpoints
+(`train.drop_optimizer_state`, on by default) and `keep_last` of them, their exports verify and reload, a
+stripped checkpoint refuses to resume with the way out; progress lines, the resume notice and the run's setup
+in report.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch.distributed.checkpoint as dcp
+
+from wdl.cli import main
+from wdl.models import verify_hf_checkpoint
+from wdl.train.checkpoint import complete_checkpoints
+
+PHASE_EXPORTS = {"pretrain": "base", "sft": "sft", "joint": "wmss", "sft_continued": "sft_continued"}
+
+
+def test_finished_phases_keep_model_only_checkpoints(finished_run):
+    out, _ = finished_run
+    for phase, export in PHASE_EXPORTS.items():
+        ckpts = complete_checkpoints(out / "work" / phase)
+        assert len(ckpts) == 1, (phase, ckpts)  # train.keep_last=1
+        _, ckpt = ckpts[0]
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        assert state["optimizer_state"] is False, phase
+        keys = dcp.FileSystemReader(str(ckpt / "state")).read_metadata().state_dict_metadata
+        assert keys and all(k.startswith("model.") for k in keys), phase
+        verify_hf_checkpoint(out / export)
+        marker = json.loads((out / "phases" / f"{phase}.json").read_text())
+        assert marker["optimizer_state_dropped_bytes"] > 0
+
+
+def test_a_cut_export_does_not_verify(finished_run, tmp_path):
+    out, _ = finished_run
+    copy = shutil.copytree(out / "sft", tmp_path / "sft")
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="cut short"):
+        verify_hf_checkpoint(copy)
+
+
+def test_stripped_checkpoint_refuses_to_resume(finished_run, tmp_path, capsys):
+    from pipeline_helpers import SHORT
+
+    out, _ = finished_run
+    run = shutil.copytree(out, tmp_path / "run", symlinks=True)
+    shutil.rmtree(run / "sft")
+    (run / "phases" / "sft.json").unlink()
+    assert main(["sft", "--out", str(run), *SHORT]) == 2
+    err = capsys.readouterr().err
+    assert "holds model weights only" in err and "wdl extract --from" in err
+
+
+def test_progress_and_setup_in_the_logs(finished_run):
+    out, proc = finished_run
+    for line in ("scoring base: 40 samples in", "scoring sft: 40 samples in", "tokenizing train data: 40 records in",
+                 "tokenizing pretrain data: 40 records in", "preflight ok disk: up to about"):
+        assert line in proc.stdout, line
+    assert "torch.distributed is disabled" not in proc.stderr  # no warning per checkpoint save
+    env = json.loads((out / "report.json").read_text())["environment"]
+    assert env["world_size"] == 1 and env["backend"] == "single" and env["process_group"] == "none"
+    assert {"torch", "transformers", "datasets", "wdl"} <= set(env)
