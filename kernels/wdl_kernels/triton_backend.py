@@ -263,7 +263,8 @@ _OCCUPANCY: dict = {}
 def _forward_ctas_per_sm(cfg: TritonBackend, prob: Problem, descriptors, mixing, with_stats, store_d) -> int:
     """Resident forward programs per SM, from the compiled variant's registers and shared memory (cached).
     Falls back to 1 (with a warning) when this Triton cannot report them."""
-    key = (prob.hidden.device.index, prob.hidden.dtype, tuple(sorted(mixing.items())), with_stats, store_d,
+    flags = tuple(sorted((k, v) for k, v in mixing.items() if k.isupper()))  # the constexprs, not lam's values
+    key = (prob.hidden.device.index, prob.hidden.dtype, flags, with_stats, store_d,
            cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages)
     if key not in _OCCUPANCY:
         part = torch.empty(5, 1, prob.n, dtype=torch.float32, device=prob.hidden.device)

@@ -69,6 +69,21 @@ def test_tiny_qwen3_learns(tmp_path, model_pair, samples, mode):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+def test_fast_kernel_mode_trains_like_lean(tmp_path, model_pair, samples):
+    """train.kernel_mode=fast (gradients in the forward) gives lean's losses and weights to fp32 rounding."""
+    results = []
+    for mode in ("lean", "fast"):
+        out = tmp_path / mode
+        trainer = _trainer(out, model_pair, samples[:8], _cfg(max_steps=4, kernel_mode=mode, checkpoint_every=4))
+        trainer.run()
+        rows = read_jsonl(out / "log.jsonl")
+        results.append(([r["loss"] for r in rows], trainer.backend.joint.strong.state_dict()))
+    (lean_losses, lean_weights), (fast_losses, fast_weights) = results
+    assert lean_losses == pytest.approx(fast_losses, rel=1e-5)
+    for k, v in lean_weights.items():
+        torch.testing.assert_close(fast_weights[k], v, rtol=1e-4, atol=1e-4)  # Adam: 1e-4 << lr 3e-3 per step
+
+
 def test_token_weighted_accumulation_is_independent_of_the_split(model_pair, samples):
     """One micro-batch of 4 rows == 4 micro-batches of 1 row (different label counts per row)."""
     from wdl.models import load_causal_lm
