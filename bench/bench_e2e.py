@@ -14,10 +14,10 @@ setting), `joint_frozen` (weak frozen). Each case builds its models and optimize
 --warmup + --steps optimizer steps (one micro-batch of --micro-batch sequences of the given length; every
 label supervised) at each sequence length, and with --max-seq searches the longest length that fits (doubling,
 then bisection to --seq-granularity). Rows go to OUT/e2e.csv and OUT/e2e.jsonl with the commit, device and
-versions (bench/common.py); OUT/e2e.png plots them and OUT/e2e_summary_<run>.md compares each path at its
-best setting (micro-batch, activation checkpointing) and gives a verdict on each of issue 3's targets from the
-measured rows (`not measured` where a row is missing). An out-of-memory case is recorded as such, never
-estimated.
+versions (bench/env.py); OUT/e2e.png plots them and OUT/e2e_summary_<run>.md compares each path at its best
+setting (micro-batch, activation checkpointing) and gives a verdict on each end-to-end target from the measured
+rows (bench/e2e_report.py; `not measured` where a row is missing). An out-of-memory case is recorded as such,
+never estimated.
 """
 
 from __future__ import annotations
@@ -30,17 +30,19 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    _root = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(_root), str(_root / "kernels")]
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from transformers import AutoModelForCausalLM, Qwen3Config  # noqa: E402
-from wdl_kernels import MixedCEStats  # noqa: E402
 
+from bench.e2e_report import PATHS, format_targets, report, write_report  # noqa: E402, F401 (format_targets: API)
+from bench.env import ENV_COLUMNS, GIB, env_info, run_id  # noqa: E402
+from bench.materialized import cross_entropy_sum, mixed_logits, stats_from_logits  # noqa: E402
+from bench.memory import free_device_memory, is_oom  # noqa: E402
+from bench.writer import ResultsWriter  # noqa: E402
 from wdl.labels import IGNORE_INDEX  # noqa: E402
 from wdl.models import JointOutput  # noqa: E402
-
-from bench.common import ENV_COLUMNS, GIB, ResultsWriter, env_info, free_device_memory, is_oom, run_id  # noqa: E402
 
 # Published Qwen3 shapes (reference/paper.md section 4.1); Base and instruct share the architecture.
 QWEN3_SHAPES = {
@@ -58,7 +60,6 @@ QWEN3_SHAPES = {
 }
 QWEN3_VOCAB = 151936
 MODES = ("sft", "joint", "joint_frozen")
-PATHS = ("fused", "reference")
 
 CASE_COLUMNS = ("run_id", "label", "kind", "model", "mode", "path", "activation_checkpointing", "backend",
                 "zero_stage", "offload_optimizer", "fsdp_cpu_offload", "dtype", "vocab", "micro_batch", "seq_len",
@@ -69,38 +70,15 @@ COLUMNS = ENV_COLUMNS + CASE_COLUMNS + RESULT_COLUMNS
 
 
 class MaterializedMixedCrossEntropy:
-    """The reference implementation's loss, as a JointModel loss: both models' full logits, stacked (a copy, as in
-    QwenBoostForCausalLM), mixed, upcast to fp32 (as HF's ForCausalLMLoss does), F.cross_entropy."""
+    """The reference implementation's loss as a JointModel loss (bench/materialized.py: both models' full logits,
+    stacked, mixed, upcast to fp32, F.cross_entropy)."""
 
     def __call__(self, hidden, weight, labels, weak_hidden=None, weak_weight=None, *, lam, num_items=None):
-        logits = F.linear(hidden, weight)
-        if weak_hidden is not None:
-            stacked = torch.stack([F.linear(weak_hidden, weak_weight), logits])
-            logits = (1.0 - lam) * stacked[0] + lam * stacked[1]
-        logits = logits.float()
-        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        logits = mixed_logits(hidden, weight, weak_hidden, weak_weight, lam=lam)
+        loss = cross_entropy_sum(logits, labels)
         if num_items is not None:
             loss = loss / num_items
         return JointOutput(loss, stats_from_logits(logits, labels))
-
-
-@torch.no_grad()
-def stats_from_logits(z: torch.Tensor, labels: torch.Tensor) -> MixedCEStats:
-    """The kernel's per-row statistics computed from materialized logits [N, V]."""
-    z = z.float()
-    valid = labels != IGNORE_INDEX
-    safe = torch.where(valid, labels, torch.zeros_like(labels))
-    lse = torch.logsumexp(z, dim=1)
-    logp = z - lse[:, None]
-    entropy = -(logp.exp() * logp).sum(dim=1)
-    zy = z.gather(1, safe[:, None]).squeeze(1)
-    zero = torch.zeros_like(lse)
-    others = (z.sum(dim=1) - zy) / max(z.shape[1] - 1, 1)
-    return MixedCEStats(
-        lse=lse, entropy=entropy, nll=torch.where(valid, lse - zy, zero), target_logit=torch.where(valid, zy, zero),
-        margin=torch.where(valid, zy - others, zero), max_prob=torch.exp(z.amax(dim=1) - lse),
-        accuracy=(valid & (zy >= z.amax(dim=1))).float(),
-    )
 
 
 def qwen3_config(name: str, vocab: int, attn: str) -> Qwen3Config:
@@ -109,7 +87,7 @@ def qwen3_config(name: str, vocab: int, attn: str) -> Qwen3Config:
                        **QWEN3_SHAPES[name])
 
 
-class Case:
+class TrainSetup:
     """One (model, mode, path, AC) setting: models + backend built once, stepped at several sequence lengths."""
 
     def __init__(self, args, model: str, mode: str, path: str, ac: bool, device: torch.device):
@@ -215,12 +193,13 @@ def _quantile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def longest_fitting(case: Case, start: int, granularity: int, limit: int) -> tuple[int | None, list[tuple[int, str]]]:
+def longest_fitting(setup: TrainSetup, start: int, granularity: int, limit: int
+                    ) -> tuple[int | None, list[tuple[int, str]]]:
     """Largest sequence length (multiple of `granularity`, <= limit) whose step fits: doubling, then bisection."""
     probes: list[tuple[int, str]] = []
 
     def fits(n: int) -> bool:
-        status = case.run(n, warmup=0, steps=1)["status"]
+        status = setup.run(n, warmup=0, steps=1)["status"]
         probes.append((n, status))
         return status == "ok"
 
@@ -329,7 +308,7 @@ def main(argv=None) -> int:
                             "fsdp_cpu_offload": args.fsdp_cpu_offload, "vocab": args.vocab,
                             }
                     try:
-                        case = Case(args, model, mode, path, bool(ac), device)
+                        setup = TrainSetup(args, model, mode, path, bool(ac), device)
                     except Exception as e:  # noqa: BLE001
                         if not is_oom(e):
                             raise
@@ -339,17 +318,17 @@ def main(argv=None) -> int:
                         print(f"{model} {mode} {path} ac={ac}: model does not fit")
                         free_device_memory(device)
                         continue
-                    base.update(dtype=case.dtype_name, trainable_params=case.trainable_params,
-                                total_params=case.total_params)
+                    base.update(dtype=setup.dtype_name, trainable_params=setup.trainable_params,
+                                total_params=setup.total_params)
                     for seq in [] if args.max_seq_only else args.seq:
                         for mb in args.micro_batch:
                             r = {**base, "kind": "throughput", "seq_len": seq, "micro_batch": mb,
-                                 "tokens_per_step": seq * mb, **case.run(seq, args.warmup, args.steps, mb)}
+                                 "tokens_per_step": seq * mb, **setup.run(seq, args.warmup, args.steps, mb)}
                             writer.append([r])
                             rows.append(r)
                             _print(r)
                     if args.max_seq:
-                        best, probes = longest_fitting(case, args.max_seq_start, args.seq_granularity,
+                        best, probes = longest_fitting(setup, args.max_seq_start, args.seq_granularity,
                                                        args.max_seq_limit)
                         r = {**base, "kind": "max_seq", "seq_len": best, "micro_batch": 1,
                              "status": "ok" if best else "oom",
@@ -357,117 +336,9 @@ def main(argv=None) -> int:
                         writer.append([r])
                         rows.append(r)
                         print(f"{model} {mode} {path} ac={ac}: longest fitting sequence {best}")
-                    case.close()
-    _write_report(rows, Path(args.out), f"e2e_summary_{rid}.md", plot_png=not args.no_plot)
+                    setup.close()
+    write_report(rows, Path(args.out), f"e2e_summary_{rid}.md", plot_png=not args.no_plot)
     return 0
-
-
-def report(jsonl: Path, out: Path, plot_png: bool = True) -> int:
-    """OUT/e2e_summary.md (summary and target verdicts) and OUT/e2e.png over rows recorded earlier, e.g. by
-    several invocations into one file, or one cut short by its time limit."""
-    from bench.common import read_jsonl
-
-    if not jsonl.is_file():
-        print(f"bench_e2e: --report {jsonl}: no such file", file=sys.stderr)
-        return 2
-    rows = read_jsonl(jsonl)
-    if not rows:
-        print(f"bench_e2e: --report {jsonl}: no rows", file=sys.stderr)
-        return 2
-    _write_report(rows, out, "e2e_summary.md", plot_png)
-    return 0
-
-
-def _write_report(rows: list[dict], out: Path, name: str, plot_png: bool) -> None:
-    from wdl.io import atomic_write_text
-
-    if plot_png:
-        plot(rows, out / "e2e.png")
-    summary = summarize(rows)
-    if summary:
-        summary += "\n" + format_targets(rows)
-        atomic_write_text(out / name, summary)
-        print(summary)
-
-
-def format_targets(rows: list[dict]) -> str:
-    """Issue 3's GPU targets, each judged from the measured CUDA rows only (a CPU run measures none)."""
-    rows = [r for r in rows if r["device_type"] == "cuda"]
-    ok = [r for r in rows if r["status"] == "ok"]
-
-    def best(kind, path, **match):
-        cands = [r for r in ok if r["kind"] == kind and r["path"] == path
-                 and all(r.get(k) == v for k, v in match.items())]
-        key = "seq_len" if kind == "max_seq" else "tokens_per_s"
-        return max(cands, key=lambda r: r[key]) if cands else None
-
-    lines = ["| target (one 80 GB GPU) | measured | verdict |", "|---|---|---|"]
-
-    def add(name, measured, passed):
-        verdict = "not measured" if passed is None else ("PASS" if passed else "FAIL")
-        lines.append(f"| {name} | {measured} | {verdict} |")
-
-    j = dict(model="1.7b", mode="joint")
-    f, r = best("max_seq", "fused", **j), best("max_seq", "reference", **j)
-    add("2x1.7B joint: longest sequence >= 4x the reference path's",
-        f"{f['seq_len']} vs {r['seq_len']}" if f and r else "-",
-        f["seq_len"] >= 4 * r["seq_len"] if f and r else None)
-    # tokens/s at each path's best fitting setting, at the longest length both paths ran
-    joint = {p: [x for x in ok if x["kind"] == "throughput" and x["path"] == p
-                 and (x["model"], x["mode"]) == ("1.7b", "joint")] for p in PATHS}
-    both = sorted({x["seq_len"] for x in joint["fused"]} & {x["seq_len"] for x in joint["reference"]})
-    f = best("throughput", "fused", seq_len=both[-1], **j) if both else None
-    r = best("throughput", "reference", seq_len=both[-1], **j) if both else None
-    add("2x1.7B joint: tokens/s >= 1.3x the reference path's (best settings)",
-        f"{f['tokens_per_s']:.0f} vs {r['tokens_per_s']:.0f} tok/s at {both[-1]}" if f and r else "-",
-        f["tokens_per_s"] >= 1.3 * r["tokens_per_s"] if f and r else None)
-    fm = [x for x in joint["fused"] if x.get("mfu") is not None]
-    top = max(fm, key=lambda x: x["mfu"]) if fm else None
-    add("2x1.7B joint: MFU >= 40%", f"{100 * top['mfu']:.1f}% at {top['seq_len']}" if top else "-",
-        top["mfu"] >= 0.40 if top else None)
-    off = [x for x in rows if x["kind"] == "throughput" and x["model"] == "4b" and x["mode"] == "joint_frozen"
-           and x["path"] == "fused" and (x.get("offload_optimizer") or x.get("fsdp_cpu_offload"))
-           and x["seq_len"] >= 8192]
-    fits = [x for x in off if x["status"] == "ok"]
-    add("2x4B, weak frozen, optimizer offload: trains at >= 8192 tokens",
-        f"{max(x['seq_len'] for x in fits)} tokens ok" if fits else ("OOM" if off else "-"),
-        bool(fits) if off else None)
-    return "\n".join(lines) + "\n"
-
-
-def summarize(rows: list[dict]) -> str:
-    """Markdown: per (model, mode, sequence length) each path's best setting (micro-batch, AC) and the ratios the
-    issue's targets are stated in; per (model, mode) the longest fitting sequence of each path."""
-    ok = [r for r in rows if r["kind"] == "throughput" and r["status"] == "ok"]
-    lines = []
-    keys = sorted({(r["model"], r["mode"], r["seq_len"]) for r in ok}, key=lambda k: (k[0], k[1], k[2]))
-    if keys:
-        lines += ["| model | mode | seq | fused tok/s (mb, AC) | reference tok/s (mb, AC) | speed-up | fused MFU |",
-                  "|---|---|---|---|---|---|---|"]
-    for model, mode, seq in keys:
-        best = {}
-        for path in PATHS:
-            cands = [r for r in ok if (r["model"], r["mode"], r["seq_len"], r["path"]) == (model, mode, seq, path)]
-            best[path] = max(cands, key=lambda r: r["tokens_per_s"]) if cands else None
-
-        def cell(r):
-            if r is None:
-                return "OOM / not run"
-            return f"{r['tokens_per_s']:.0f} ({r['micro_batch']}, {'on' if r['activation_checkpointing'] else 'off'})"
-
-        f, ref = best["fused"], best["reference"]
-        ratio = f"{f['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if f and ref else "-"
-        mfu = f"{100 * f['mfu']:.1f}%" if f and f.get("mfu") is not None else "-"
-        lines.append(f"| {model} | {mode} | {seq} | {cell(f)} | {cell(ref)} | {ratio} | {mfu} |")
-    maxes = [r for r in rows if r["kind"] == "max_seq"]
-    if maxes:
-        lines += ["", "| model | mode | fused longest seq | reference longest seq | ratio |", "|---|---|---|---|---|"]
-        for model, mode in sorted({(r["model"], r["mode"]) for r in maxes}):
-            best = {p: max((r["seq_len"] or 0 for r in maxes if (r["model"], r["mode"], r["path"]) == (model, mode, p)),
-                           default=0) for p in PATHS}
-            ratio = f"{best['fused'] / best['reference']:.2f}x" if best["fused"] and best["reference"] else "-"
-            lines.append(f"| {model} | {mode} | {best['fused'] or 'OOM'} | {best['reference'] or 'OOM'} | {ratio} |")
-    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _print(r: dict) -> None:
@@ -481,46 +352,6 @@ def _print(r: dict) -> None:
           f"T={r['seq_len']:<6} {r['tokens_per_s']:10.1f} tok/s  MFU {mfu:>6}  peak {mem}  loss {r['first_loss']:.4f}")
 
 
-def plot(rows: list[dict], out: Path) -> Path | None:
-    """Tokens/s and peak memory against sequence length, one line per (model, mode, path, AC)."""
-    ok = [r for r in rows if r["kind"] == "throughput" and r["status"] == "ok"]
-    if not ok:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from wdl.io import atomic_write_bytes
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    keys = sorted({(r["model"], r["mode"], r["path"], r["activation_checkpointing"]) for r in ok})
-    for key in keys:
-        pts = sorted((r["seq_len"], r["tokens_per_s"], r["peak_mem_gib"]) for r in ok
-                     if (r["model"], r["mode"], r["path"], r["activation_checkpointing"]) == key)
-        label = f"{key[0]} {key[1]} {key[2]}" + (" AC" if key[3] else "")
-        style = "-" if key[2] == "fused" else "--"
-        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=label)
-        if all(p[2] is not None for p in pts):
-            axes[1].plot([p[0] for p in pts], [p[2] for p in pts], style, marker="o", label=label)
-    axes[0].set(xlabel="sequence length", ylabel="tokens / s", title="training throughput", xscale="log")
-    axes[1].set(xlabel="sequence length", ylabel="peak GiB", title="peak memory (CUDA)", xscale="log")
-    if not any(r["peak_mem_gib"] is not None for r in ok):
-        axes[1].text(0.5, 0.5, "no CUDA memory counters (CPU run)", ha="center", va="center",
-                     transform=axes[1].transAxes)
-    axes[0].legend(fontsize=7)
-    env = ok[0]
-    fig.suptitle(f"{env.get('device_name')} · {str(env.get('git_commit'))[:8]} · torch {env.get('torch_version')}",
-                 fontsize=9)
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(out, buf.getvalue())
-    return out
-
-
 if __name__ == "__main__":
     sys.exit(main())
+

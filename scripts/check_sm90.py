@@ -161,7 +161,8 @@ def main(argv=None) -> int:
         compiled = triton.compile(src, target=target, options=options)
         rep = _ptxas_report(compiled.asm["ptx"])
         rep.update(kernel=name, dtype=dtype, heads=heads, flavour=flavour, shared_bytes=compiled.metadata.shared,
-                   num_warps=warps, num_stages=stages, tile=tile, maxnreg=maxnreg, hgmma=_sass_has_hgmma(compiled.asm["cubin"]))
+                   num_warps=warps, num_stages=stages, tile=tile, maxnreg=maxnreg,
+                   hgmma=_sass_has_hgmma(compiled.asm["cubin"]))
         gemm = name != "fast_grad" and dtype != "fp32"
         bad = rep["spill_store_bytes"] > 0 or (gemm and not rep["hgmma"])
         ok &= not bad

@@ -177,7 +177,7 @@ def _dispatch(args) -> int:
     hf_logging.disable_progress_bar()  # per-file load/save bars would drown the phase output
     if not sys.stdout.isatty():  # in a log file a progress bar is one endless line
         datasets.disable_progress_bars()
-    pipe = Pipeline(cfg, cfg.run.out)
+    pipe = Pipeline(cfg, cfg.run.out, preflight=getattr(args, "preflight", True))
     if args.command == "check":
         findings = pipe.check()
         for f in findings:
@@ -185,9 +185,8 @@ def _dispatch(args) -> int:
         bad = problems(findings)
         print(f"{len(bad)} problem(s)" if bad else "ready to run", file=sys.stderr if bad else sys.stdout)
         return 1 if bad else 0
-    check = getattr(args, "preflight", True)
     if args.command == "run":
-        pipe.run(check=check)
+        pipe.run()
     elif args.command == "score" and args.model:
         if not args.name:
             raise ValueError("--model needs --name (the output is DIR/scores/NAME.jsonl)")
@@ -195,9 +194,10 @@ def _dispatch(args) -> int:
         pipe.score_model(args.model, args.name)
     else:
         target = PHASE_COMMANDS[args.command][0]
-        pipe.run(target, check=check)
+        pipe.run(target)
         if args.command == "score" and pipe.is_done("sft"):
-            pipe.run("score_sft", check=False)
+            pipe.check_first = False  # checked by the run above
+            pipe.run("score_sft")
     return 0
 
 

@@ -29,8 +29,8 @@ from wdl.data import load_records, tokenize_records
 from wdl.distributed import (all_gather_objects, barrier, init_distributed, leave_distributed,
                              process_group_backend)
 from wdl.eval import BenchmarkSpec, evaluate_model
+from wdl.eval.runner import evaluate_in_subprocess
 from wdl.footprint import fmt_bytes
-from wdl.eval.runner import _evaluate_in as evaluate_in_subprocess
 from wdl.io import atomic_directory, atomic_write_json, read_jsonl
 from wdl.models import generation_config_for, is_complete_hf_checkpoint
 from wdl.preflight import Finding, PreflightError, preflight
@@ -83,8 +83,10 @@ EVAL_SYSTEM_PROMPT = "eval"  # data.system_prompt value: the eval config's syste
 class Pipeline:
     """One run directory and the config it runs with."""
 
-    def __init__(self, cfg: PipelineConfig, out: str | Path, *, console: Console | None = None):
+    def __init__(self, cfg: PipelineConfig, out: str | Path, *, console: Console | None = None,
+                 preflight: bool = True):
         self.cfg = cfg
+        self.check_first = preflight  # run the preflight (wdl/preflight.py) before any work
         self.paths = RunPaths(Path(out).resolve())
         self.dist = init_distributed()
         self.console = console or Console(soft_wrap=True, quiet=not self.dist.is_main)
@@ -107,11 +109,11 @@ class Pipeline:
     def is_done(self, phase: str) -> bool:
         return self.paths.marker(phase).is_file()
 
-    def run(self, target: str | None = None, *, check: bool = True) -> dict | None:
-        """Run every active phase up to `target` (after the preflight unless `check` is false); returns the
-        report (None on ranks other than 0)."""
+    def run(self, target: str | None = None) -> dict | None:
+        """Run every active phase up to `target` (after the preflight, unless the pipeline was made with
+        `preflight=False`); returns the report (None on ranks other than 0)."""
         phases = self.active_phases(target)
-        if check:
+        if self.check_first:
             self.preflight(phases)
         self.prepare_run_dir()
         for phase in phases:

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wdl.config import PipelineConfig, to_dict
+from wdl.eval.report import graded_by, side_by_side_table
 from wdl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
 from wdl.run_dir import RunPaths, read_marker
 
@@ -166,7 +167,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
     ]
     if report.get("eval"):
-        lines += ["## Accuracy (%)", "", _markdown_table(accuracy_table(report["eval"])), ""]
+        lines += ["## Accuracy (%)", "", graded_by(report["eval"]), "", _markdown_table(accuracy_table(report["eval"])),
+                  ""]
+        by_grader = side_by_side_table(report["eval"])
+        if by_grader:
+            lines += ["### Accuracy (%) by grader", "", by_grader]
     else:
         lines += ["## Accuracy", "", "Not evaluated (run.eval is false, or the eval phase has not run).", ""]
     rs = report.get("sampling")
@@ -218,7 +223,7 @@ def print_summary(report: Mapping[str, Any], console=None) -> None:
     console = console or Console()
     if report.get("eval"):
         head, *body = accuracy_table(report["eval"])
-        t = Table(title="Accuracy (%)")
+        t = Table(title="Accuracy (%)", caption=graded_by(report["eval"]) or None)
         for h in head:
             t.add_column(h, justify="left" if h == "model" else "right")
         for r in body:

@@ -137,5 +137,6 @@ def check_num_items(num_items, reduction: str, device: torch.device) -> tuple[to
             raise ValueError(f"num_items is on {num_items.device} but hidden is on {device}")
         return num_items, 0.0
     if isinstance(num_items, bool) or not isinstance(num_items, (int, float)) or not num_items > 0:
-        raise ValueError(f"num_items must be a positive number (e.g. the global count of label tokens), got {num_items!r}")
+        raise ValueError("num_items must be a positive number (e.g. the global count of label tokens), "
+                         f"got {num_items!r}")
     return None, float(num_items)

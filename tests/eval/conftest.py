@@ -66,3 +66,30 @@ def lively_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
     tiny_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def qwen_vocab_dir(tmp_path_factory) -> Path:
+    """A checkpoint folder (config + tokenizer, no weights: for fake generators) whose tokenizer has Qwen3's
+    end tokens at Qwen3's ids (<|endoftext|> 151643, <|im_end|> 151645), as the opd protocol requires: a
+    byte-level vocabulary padded with filler tokens up to those ids, and the Qwen3-style chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from wdl.tiny import QWEN3_CHAT_TEMPLATE, tiny_qwen3_config
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab.update({f"<filler{i}>": i for i in range(len(vocab), 151643)})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+                                   clean_up_tokenization_spaces=False)
+    fast.chat_template = QWEN3_CHAT_TEMPLATE
+    assert fast.convert_ids_to_tokens([151643, 151644, 151645]) == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    out = tmp_path_factory.mktemp("qwen_vocab")
+    fast.save_pretrained(out)
+    tiny_qwen3_config(len(fast), max_position_embeddings=40960, eos_token_id=151643).save_pretrained(out)
+    return out

@@ -1,5 +1,6 @@
-"""The tiny pipeline end to end in a subprocess: every output `wdl run` promises (models, report.json, per-phase logs), skipping complete phases on
-a rerun, and resuming after `kill -9` with logs equal (bitwise) to an uninterrupted run's."""
+"""The tiny pipeline end to end in a subprocess: every output `wdl run` promises (models, report.json, per-phase
+logs), skipping complete phases on a rerun, and resuming after `kill -9` with logs equal (bitwise) to an
+uninterrupted run's."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def test_outputs(finished_run):
         for r in benches.values():
             assert isinstance(r["accuracy"], float) and 0.0 <= r["accuracy"] <= 1.0
             assert isinstance(r["n"], int) and r["n"] == 8
+            # the default grader and protocol, named on every number, with the other grader and the hashes beside
+            assert (r["grader"], r["protocol"], r["mode"]) == ("reference", "paper", "greedy")
+            assert isinstance(r["accuracy_lenient"], float) and r["accuracy_reference"] == r["accuracy"]
+            assert all(len(r["provenance"][k]) == 64 for k in ("dataset_sha256", "grader_sha256", "model_sha256"))
     for phase in ("data", "pretrain", "score_base", "sft", "score_sft", "weights", "joint", "sft_continued",
                   "eval.base", "eval.wmss"):
         assert report["timings"][phase] >= 0.0, phase
@@ -46,6 +51,7 @@ def test_outputs(finished_run):
     assert len(_log(out / "logs" / "joint.jsonl")) == len(_log(out / "logs" / "sft_continued.jsonl"))
     md = (out / "report.md").read_text()
     assert "| wmss |" in md and "Phase timings" in md
+    assert "Accuracy: grader reference, protocol paper, mode greedy." in md and "by grader" in md
     for metric in ("loss", "entropy", "margin"):
         png = out / "plots" / f"{metric}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

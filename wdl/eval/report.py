@@ -1,62 +1,31 @@
-"""Metrics and files: unbiased pass@k, per-sample JSONL/CSV, the summary, the side-by-side Markdown table."""
+"""Files and tables: per-sample JSONL/CSV, the side-by-side Markdown tables, earlier results read back."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from wdl.eval.config import PAPER_ORDER, canonical_name
 from wdl.io import atomic_write_jsonl, atomic_write_text
 
-SAMPLE_COLUMNS = ("id", "sample", "prompt", "output", "extracted", "gold", "correct", "method", "finish_reason",
-                  "output_tokens", "prompt_tokens", "prompt_truncated")
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-def summarize(rows: Sequence[dict], n_samples: int, pass_k: Sequence[int]) -> dict:
-    """Per-benchmark numbers from its sample rows (one row per generation)."""
-    problems: dict[str, list[bool]] = {}
-    for r in rows:
-        problems.setdefault(r["id"], []).append(bool(r["correct"]))
-    n = len(problems)
-    n_gen = len(rows)
-    correct = sum(bool(r["correct"]) for r in rows)
-    out = {
-        "accuracy": correct / n_gen if n_gen else 0.0,  # mean over generations (= pass@1 estimate)
-        "n": n,
-        "n_generations": n_gen,
-        "n_correct": correct,
-        "n_no_answer": sum(r["extracted"] is None and not r["correct"] for r in rows),
-        "n_truncated": sum(r["finish_reason"] == "length" for r in rows),  # hit max_new_tokens
-        "n_prompts_truncated": sum(bool(r["prompt_truncated"]) for r in rows if r["sample"] == 0),
-        "mean_output_tokens": (sum(r["output_tokens"] for r in rows) / n_gen) if n_gen else 0.0,
-    }
-    if n_samples > 1:
-        for k in pass_k:
-            out[f"pass@{k}"] = (sum(pass_at_k(len(v), sum(v), k) for v in problems.values()) / n) if n else 0.0
-    return out
+SAMPLE_COLUMNS = ("id", "position", "sample", "prompt", "output", "extracted", "gold", "correct", "method",
+                  "grader_error", "finish_reason", "truncated", "output_tokens", "prompt_tokens", "prompt_truncated")
 
 
 def write_samples(out_dir: Path, name: str, rows: Sequence[dict]) -> None:
-    """`<name>.jsonl` (one object per generation) and `<name>.csv` (same columns), each written atomically."""
-    atomic_write_jsonl(out_dir / f"{name}.jsonl", [{k: r[k] for k in SAMPLE_COLUMNS} for r in rows])
+    """`<name>.jsonl` (one object per generation) and `<name>.csv` (same columns), each written atomically:
+    SAMPLE_COLUMNS, then one correct_<grader> column per extra grader."""
+    extra = sorted({k for r in rows for k in r if k.startswith("correct_")})
+    columns = [*SAMPLE_COLUMNS, *extra]
+    atomic_write_jsonl(out_dir / f"{name}.jsonl", [{k: r.get(k) for k in columns} for r in rows])
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=SAMPLE_COLUMNS, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r[k] is None else r[k]) for k in SAMPLE_COLUMNS})
+        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
     atomic_write_text(out_dir / f"{name}.csv", buf.getvalue())
 
 
@@ -105,6 +74,48 @@ def comparison_table(results: Mapping[str, Mapping[str, Mapping]], *, metric: st
         means = [sum(cell(m, b) for b in common) / len(common) for m in models]
         lines.append(fmt_row(f"**mean ({len(common)} sets)**", means, ""))
     return "\n".join(lines) + "\n"
+
+
+def graded_by(results: Mapping[str, Mapping[str, Mapping]]) -> str:
+    """One line saying which grader and protocol produced the accuracies of {model: {bench: result}}: one
+    setting for all of them, or, when they differ, the setting of each model (of each set where a model's sets
+    differ)."""
+
+    def setting(r: Mapping) -> str:
+        return f"grader {r.get('grader', '?')}, protocol {r.get('protocol', '?')}, mode {r.get('mode', '?')}"
+
+    per_model = {m: {b: setting(r) for b, r in res.items()} for m, res in results.items() if res}
+    distinct = {s for by_bench in per_model.values() for s in by_bench.values()}
+    if not distinct:
+        return ""
+    if len(distinct) == 1:
+        return f"Accuracy: {distinct.pop()}."
+    parts = []
+    for model, by_bench in per_model.items():
+        if len(set(by_bench.values())) == 1:
+            parts.append(f"{model}: {next(iter(by_bench.values()))}")
+        else:
+            parts += [f"{model} {bench}: {s}" for bench, s in by_bench.items()]
+    return "Accuracies come from several settings: " + "; ".join(parts) + "."
+
+
+def grader_columns(results: Mapping[str, Mapping[str, Mapping]]) -> list[str]:
+    """The graders whose accuracies the results carry (accuracy_<grader>), in a stable order."""
+    found = {k[len("accuracy_"):] for res in results.values() for r in res.values() for k in r
+             if k.startswith("accuracy_")}
+    return [g for g in ("reference", "lenient", "external") if g in found] + sorted(found - {"reference", "lenient",
+                                                                                             "external"})
+
+
+def side_by_side_table(results: Mapping[str, Mapping[str, Mapping]], *, digits: int = 1) -> str:
+    """Markdown table of every grader's accuracy: one column per (model, grader), benchmarks as rows, the
+    mean over the benchmarks every model has. Empty when the results carry one grader only."""
+    graders = grader_columns(results)
+    if len(graders) < 2:
+        return ""
+    columns = {f"{m} ({g})": {b: {"accuracy": r.get(f"accuracy_{g}"), "n": r.get("n")} for b, r in res.items()}
+               for m, res in results.items() for g in graders}
+    return comparison_table(columns, digits=digits)
 
 
 def load_results(path: str | Path) -> dict[str, dict]:

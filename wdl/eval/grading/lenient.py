@@ -1,6 +1,8 @@
-"""Answer extraction and grading: boxed / "the answer is" / last number, letter choices, math-verify.
+"""The lenient grader (`eval.grader: lenient`): our own answer extraction and numeric rules, with math-verify
+for everything that is not a plain number or a letter. More forgiving than the reference grader; its numbers
+are not comparable with the paper's.
 
-`grade(output, gold, answer_type, choices)` decides one generation. The order of evidence:
+`lenient_grade(output, gold, answer_type, choices)` decides one generation. The order of evidence:
 1. where to look: the text after the last `</think>` first (the answer proper), then the whole output (an
    answer written only inside the thinking); inside either, the last `<answer>...</answer>` block when there
    is one (the reference system prompt asks for those tags);
@@ -10,7 +12,7 @@
    (commas, units, currency, percentages, fractions, rounding to the precision the model wrote), anything
    else with math-verify (LaTeX, fractions, intervals, sets, equations).
 
-The reference grader read "the answer is a multiple of 4" as choice A (case-insensitive letter match); here a
+The reference grader reads "the answer is a multiple of 4" as choice A (case-insensitive letter match); here a
 bare letter must be upper case, and a lower-case one counts only in parentheses or a box.
 """
 
@@ -18,24 +20,15 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from wdl.eval.grading.verdict import Grade, alarm_timeout
+
 AnswerType = Literal["number", "choice", "math"]
 THINK_END = "</think>"
 CHOICE_LETTERS = "ABCDE"
-
-
-@dataclass(frozen=True)
-class Grade:
-    """One generation's verdict. `extracted` is the answer string read from the output (None: no answer
-    found); `method` says how it was compared: choice | number | math_verify | none."""
-
-    extracted: str | None
-    correct: bool
-    method: str
 
 
 # ------------------------------------------------------------------------------------------- regions
@@ -208,11 +201,6 @@ def numbers_match(pred: Number, gold: Number) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- math-verify
-def _timeout() -> int | None:
-    # math-verify times out with SIGALRM, which only works in the main thread
-    return 5 if threading.current_thread() is threading.main_thread() else None
-
-
 @lru_cache(maxsize=4096)
 def _parse_gold(gold: str):
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
@@ -220,7 +208,7 @@ def _parse_gold(gold: str):
     g = gold.strip()
     if not (g.startswith("$") or g.startswith("\\(") or g.startswith("\\[")):
         g = f"${g}$"
-    return parse(g, [LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=_timeout())
+    return parse(g, [LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=alarm_timeout(5))
 
 
 def _pred_configs(anchored_only: bool):
@@ -244,8 +232,8 @@ def math_verify_equal(pred: str, gold: str, *, raw_text: bool = False) -> bool:
         return False
     text = pred if raw_text else f"\\boxed{{{pred}}}"
     try:
-        pred_parsed = parse(text, _pred_configs(anchored_only=raw_text), parsing_timeout=_timeout())
-        return bool(pred_parsed) and bool(verify(gold_parsed, pred_parsed, timeout_seconds=_timeout()))
+        pred_parsed = parse(text, _pred_configs(anchored_only=raw_text), parsing_timeout=alarm_timeout(5))
+        return bool(pred_parsed) and bool(verify(gold_parsed, pred_parsed, timeout_seconds=alarm_timeout(5)))
     except Exception:  # math-verify raises on pathological inputs (recursion, sympy errors): not a match
         return False
 
@@ -329,7 +317,7 @@ def infer_answer_type(gold: str, choices: dict[str, str] | None = None) -> Answe
     return "number" if parse_number(gold) is not None else "math"
 
 
-def grade(
+def lenient_grade(
     output: str,
     gold: str,
     answer_type: AnswerType | None = None,
@@ -337,7 +325,8 @@ def grade(
     *,
     last_number_fallback: bool = True,
 ) -> Grade:
-    """Grade one model output against the gold answer (see the module docstring for the rules)."""
+    """Grade one model output against the gold answer (see the module docstring for the rules); the methods
+    are choice, number, math_verify and none."""
     answer_type = answer_type or infer_answer_type(gold, choices)
     regions = answer_regions(output)
     if answer_type == "choice":

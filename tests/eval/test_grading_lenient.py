@@ -1,14 +1,15 @@
-"""Grading on hand-written tricky outputs: every case states the verdict a careful human grader would give."""
+"""The lenient grader on hand-written tricky outputs: every case states the verdict a careful human grader would
+give (the reference grader's verdicts are in test_grading_reference.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from wdl.eval.grading import (
+from wdl.eval.grading import grade as any_grade
+from wdl.eval.grading.lenient import (
     answer_regions,
     anchored_answer,
     extract_choice,
-    grade,
     infer_answer_type,
     last_boxed,
     last_number,
@@ -16,6 +17,11 @@ from wdl.eval.grading import (
     parse_choices,
     parse_number,
 )
+
+
+def grade(output, gold, answer_type=None, choices=None, **kw):
+    return any_grade(output, gold, answer_type, choices, grader="lenient", **kw)
+
 
 OPTS = {"A": "23.65", "B": "1000", "C": "35.62", "D": "2.65", "E": "1023.65"}
 AQUA_Q = "Find the difference? Answer Choices: (A) 23.65 (B) 1000 (C) 35.62 (D) 2.65 (E) 1023.65"

@@ -1,4 +1,4 @@
-"""bench/common.py: environment record, timing statistics, memory helpers, the results writer."""
+"""bench/env.py, timing.py, memory.py, writer.py: environment record, timing, memory helpers, the results files."""
 
 from __future__ import annotations
 
@@ -9,21 +9,11 @@ import socket
 import pytest
 import torch
 
-from bench.common import (
-    ENV_COLUMNS,
-    ResultsWriter,
-    Timing,
-    TimingConfig,
-    env_info,
-    is_oom,
-    measure_memory,
-    oom_tried_bytes,
-    read_jsonl,
-    run_id,
-    tensor_bytes,
-    time_cpu,
-    time_fn,
-)
+from bench.env import ENV_COLUMNS, env_info, run_id
+from bench.memory import is_oom, measure_memory, oom_tried_bytes, tensor_bytes
+from bench.timing import Timing, TimingConfig, time_fn, time_interleaved
+from bench.writer import ResultsWriter
+from wdl.io import read_jsonl
 
 
 def test_env_info_has_exactly_the_env_columns_and_no_hostname():
@@ -39,16 +29,16 @@ def test_env_info_has_exactly_the_env_columns_and_no_hostname():
 
 
 def test_source_state_falls_back_to_the_stamp(tmp_path, monkeypatch):
-    import bench.common as common
+    import bench.env as env
 
     stamp = tmp_path / "source.json"
     stamp.write_text(json.dumps({"git_commit": "a" * 40, "git_dirty": True, "prepared_utc": "2026-01-02T03:04:05Z"}))
     monkeypatch.setenv("WDL_SOURCE_STAMP", str(stamp))
-    monkeypatch.setattr(common, "_run", lambda cmd, cwd=None: None)  # as on the GPU machine: no git
-    assert common.source_state() == {"git_commit": "a" * 40, "git_dirty": True,
+    monkeypatch.setattr(env, "_run", lambda cmd, cwd=None: None)  # as on the GPU machine: no git
+    assert env.source_state() == {"git_commit": "a" * 40, "git_dirty": True,
                                      "source": "stamp 2026-01-02T03:04:05Z"}
     stamp.unlink()
-    assert common.source_state()["source"] == "unknown"
+    assert env.source_state()["source"] == "unknown"
 
 
 def test_timing_statistics():
@@ -69,13 +59,21 @@ def test_timing_config_fits_reps_into_the_budget():
             TimingConfig(**bad)
 
 
-def test_time_cpu_refreshes_before_every_call_and_drops_outputs():
+def test_cpu_timing_refreshes_before_every_call_and_drops_outputs():
     calls, refreshed = [], []
     cfg = TimingConfig(warmup=2, reps=4, min_reps=4, rep_budget_s=100.0)
-    t = time_cpu(lambda: calls.append(1) or torch.ones(3), cfg, before_each=lambda: refreshed.append(1))
+    t = time_fn(lambda: calls.append(1) or torch.ones(3), torch.device("cpu"), cfg,
+                before_each=lambda: refreshed.append(1))
     assert t.reps == 4 and len(calls) == 6 and len(refreshed) == 6
     assert t.ms_p20 <= t.ms_median <= t.ms_p80
-    assert time_fn(lambda: None, torch.device("cpu"), cfg).reps == 4
+
+
+def test_interleaved_timing_alternates_the_functions():
+    order = []
+    cfg = TimingConfig(warmup=1, reps=3, min_reps=3, rep_budget_s=100.0)
+    a, b = time_interleaved([lambda: order.append("a"), lambda: order.append("b")], torch.device("cpu"), cfg)
+    assert a.reps == b.reps == 3
+    assert order == ["a", "b"] + ["a", "b"] * 3  # one warm-up each, then rounds
 
 
 def test_tensor_bytes_counts_shared_storage_once():
@@ -115,20 +113,13 @@ def test_results_writer_appends_one_schema_to_csv_and_jsonl(tmp_path):
     assert len(read_jsonl(w.jsonl_path)) == 4
 
 
-def test_read_jsonl_names_the_bad_line(tmp_path):
-    p = tmp_path / "r.jsonl"
-    p.write_text('{"a": 1}\n\nnot json\n')
-    with pytest.raises(ValueError, match=r"r.jsonl:3"):
-        read_jsonl(p)
-
-
 @pytest.mark.gpu
 def test_cuda_timing_and_memory_on_a_real_gpu():
-    from bench.common import L2Flusher, time_cuda
+    from bench.timing import L2Flusher
 
     dev = torch.device("cuda")
     a = torch.randn(2048, 2048, device=dev, dtype=torch.bfloat16)
-    t = time_cuda(lambda: a @ a, TimingConfig(warmup=1, reps=5, min_reps=5), flusher=L2Flusher(dev))
+    t = time_fn(lambda: a @ a, dev, TimingConfig(warmup=1, reps=5, min_reps=5), flusher=L2Flusher(dev))
     assert t.reps == 5 and 0 < t.ms_p20 <= t.ms_median <= t.ms_p80
 
     def call():
