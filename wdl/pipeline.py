@@ -322,9 +322,7 @@ class Pipeline:
     def eval_config(self, *, with_skipped: bool = False):
         """The eval config the run uses: the synthetic set added, optional sets without a local copy left out
         (with `with_skipped`: also the list of those)."""
-        ev = self.cfg.eval
-        if ev.progress and not sys.stdout.isatty():  # progress bars in a log file are one endless line
-            ev = dataclasses.replace(ev, progress=False)
+        ev = self.cfg.eval  # its progress: a bar on a terminal, lines in a log file (wdl/progress.py)
         if self.cfg.synthetic.enabled and self.cfg.synthetic.n_eval > 0:
             spec = BenchmarkSpec(name="synthetic", path=str(self.paths.eval_data), format="gsm8k")
             ev = dataclasses.replace(ev, benchmarks=[spec, *[b for b in ev.benchmarks if b.name != "synthetic"]])

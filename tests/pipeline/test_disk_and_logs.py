@@ -57,7 +57,8 @@ def test_stripped_checkpoint_refuses_to_resume(finished_run, tmp_path, capsys):
 def test_progress_and_setup_in_the_logs(finished_run):
     out, proc = finished_run
     for line in ("scoring base: 40 samples in", "scoring sft: 40 samples in", "tokenizing train data: 40 records in",
-                 "tokenizing pretrain data: 40 records in", "preflight ok disk: up to about"):
+                 "tokenizing pretrain data: 40 records in", "preflight ok disk: up to about",
+                 "generating synthetic: 8 prompts in"):
         assert line in proc.stdout, line
     assert "torch.distributed is disabled" not in proc.stderr  # no warning per checkpoint save
     env = json.loads((out / "report.json").read_text())["environment"]

@@ -73,6 +73,7 @@ def test_real_vocabulary_pipeline(qwen3_vocab_run):
     # the preflight ran, progress lines are in the log, no per-save warning
     assert "preflight ok model.base:" in proc.stdout and "preflight ok disk:" in proc.stdout
     assert "scoring base: 8 samples in" in proc.stdout and "tokenizing train data: 8 records in" in proc.stdout
+    assert "generating held_out: 1 prompts in" in proc.stdout
     assert "torch.distributed is disabled" not in proc.stderr
     assert report["environment"]["world_size"] == 1 and report["environment"]["backend"] == "single"
 
