@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-pytestmark = pytest.mark.slow
 from pipeline_helpers import REPO, run_command
 
 from wdl import synthetic
 from wdl.tiny import QWEN3_VOCAB_SIZE, build_qwen3_vocab_tokenizer, qwen3_vocab_config
+
+pytestmark = pytest.mark.slow
 
 TOKENS = 256  # data.tokens_per_micro_batch of the run below: the joint step's micro-batch shape
 
