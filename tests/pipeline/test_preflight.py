@@ -236,3 +236,29 @@ def test_estimates_match_the_presets_comments():
     # the 4b preset's "~120 GiB of weights, gradients and AdamW states" (16 bytes per parameter, two models)
     assert round(2 * 16 * qwen3_size("qwen3-4b").params / 2**30) == 120
     assert round(2 * 16 * qwen3_size("qwen3-8b").params / 2**30) == 244  # "~245 GiB of training state"
+
+
+def test_train_with_the_eval_system_prompt(tmp_path):
+    """data.system_prompt=eval: the training conversations get the system prompt the models are evaluated with."""
+    from wdl.eval.config import REFERENCE_SYSTEM_PROMPT
+
+    cfg = load_pipeline_config("qwen3-0.6b", [f"data.sources=[{tmp_path / 't.jsonl'}]", "data.system_prompt=eval"])
+    pipe = Pipeline(cfg, tmp_path / "run")
+    assert pipe.data_config("train").system_prompt == REFERENCE_SYSTEM_PROMPT == cfg.eval.system_prompt_text
+    cfg = load_pipeline_config("qwen3-0.6b", [f"data.sources=[{tmp_path / 't.jsonl'}]"])
+    assert Pipeline(cfg, tmp_path / "run").data_config("train").system_prompt is None  # the default: none
+
+
+def test_config_prints_a_preset_without_data_and_version(capsys):
+    assert main(["config", "qwen3-0.6b"]) == 0
+    out = capsys.readouterr().out
+    assert "base: Qwen/Qwen3-0.6B-Base" in out and "sources: []" in out
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("wdl ")
+
+
+def test_a_check_across_sections_names_the_file_once(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "r"), "data.sources=[x.jsonl]"]) == 2
+    err = capsys.readouterr().err
+    assert "tiny.yaml: data.sources: must be empty when synthetic.enabled is true" in err and ": :" not in err
