@@ -262,3 +262,28 @@ def test_a_check_across_sections_names_the_file_once(tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path / "r"), "data.sources=[x.jsonl]"]) == 2
     err = capsys.readouterr().err
     assert "tiny.yaml: data.sources: must be empty when synthetic.enabled is true" in err and ": :" not in err
+
+
+def test_gpu_memory_estimates_against_the_device(monkeypatch):
+    """Where a GPU is present each training phase's estimate is compared with its memory (here an 80 GiB device,
+    simulated): the qwen3-4b joint pair on one GPU does not fit, its SFT does."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import torch
+
+    from wdl.footprint import qwen3_size
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=80 << 30))
+    cfg = load_pipeline_config("qwen3-4b", runnable=False)
+    size = qwen3_size("qwen3-4b")
+    plans = [wdl.preflight.PhasePlan("sft", cfg.sft, size), wdl.preflight.PhasePlan("joint", cfg.joint, size, size)]
+    sft, joint = wdl.preflight.check_gpu_memory(plans, size, 16384, cfg.data.tokens_per_micro_batch, 1)
+    assert sft.ok and "sft needs about" in sft.message
+    assert not joint.ok and "joint needs about 150" in joint.message and "FSDP2" in joint.fix
+    fsdp = dataclasses.replace(cfg.joint, backend="fsdp2")
+    [ok] = wdl.preflight.check_gpu_memory([wdl.preflight.PhasePlan("joint", fsdp, size, size)], None, 0,
+                                          cfg.data.tokens_per_micro_batch, 8)
+    assert ok.ok  # 8 GPUs with FSDP2
