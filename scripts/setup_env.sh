@@ -21,7 +21,9 @@ _sig="$(cat "$_root/pyproject.toml" "$_root/kernels/pyproject.toml" | sha1sum | 
 if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_sig" ]; then
     python -m pip install -q --upgrade pip
     python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-    python -m pip install -q -e "$_root/kernels" -e "$_root[test,deepspeed]"
+    # The project includes the kernel library (wdl_kernels); a separate wdl-kernels install would shadow it.
+    python -m pip uninstall -q -y wdl-kernels 2>/dev/null || true
+    python -m pip install -q -e "$_root[test,deepspeed]"
     echo "$_sig" > "$_stamp"
 fi
 cd "$_root"

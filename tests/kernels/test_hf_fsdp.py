@@ -1,4 +1,5 @@
-"""FSDP2 (2 gloo processes, CPU): the fused HF loss inside the root unit gives the single-process loss and grads."""
+"""FSDP2 (2 gloo processes, CPU): a patched model sharded with fully_shard gives the single-process loss and grads;
+an lm_head sharded on its own is refused."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.kernels.test_hf import batch, tiny_model
-from wdl_kernels.hf import fused_causal_lm_loss, shift_labels
+from tests.kernels.hf_common import batch, tiny_model
+from wdl_kernels.hf import apply_fused_loss
 
 WORLD = 2
 
@@ -22,40 +23,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, port: int, tied: bool, out_path: str):
+def _worker(rank: int, port: int, out_path: str):
     from torch.distributed.fsdp import fully_shard
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        ids, labels, _ = batch(seed=7, b=4)
-        count = int((shift_labels(labels) != -100).sum())
-        model = tiny_model(tied)
-        for layer in model.model.layers:
-            fully_shard(layer)
-        fully_shard(model)
+        ids, labels = batch(seed=7, b=4)
+        count = int((labels[:, 1:] != -100).sum())
         mine = slice(rank * 2, rank * 2 + 2)
-        out = fused_causal_lm_loss(model, ids[mine], labels[mine], reduction="sum", impl="torch")
-        (out.loss / count).backward()
-        total = out.loss.detach().clone()
-        dist.all_reduce(total)
-        grads = {n: p.grad.full_tensor() * WORLD for n, p in model.named_parameters()}  # FSDP averages over ranks
+        results = {}
+        for tied in (True, False):
+            model = apply_fused_loss(tiny_model(tied), impl="torch")
+            for layer in model.model.layers:
+                fully_shard(layer)
+            fully_shard(model)
+            # HF Trainer's convention: the global token count, times the world size (FSDP averages the gradients)
+            loss = model(input_ids=ids[mine], labels=labels[mine], num_items_in_batch=count).loss
+            (loss * WORLD).backward()
+            total = loss.detach().clone()
+            dist.all_reduce(total)
+            results[tied] = (total, {n: p.grad.full_tensor() for n, p in model.named_parameters()})
+        separate = apply_fused_loss(tiny_model(False), impl="torch")
+        fully_shard(separate.lm_head)
+        fully_shard(separate)
+        try:
+            separate(input_ids=ids[mine], labels=labels[mine])
+            refused = ""
+        except ValueError as e:
+            refused = str(e)
         if rank == 0:
-            torch.save({"loss": total / count, "grads": grads}, out_path)
+            torch.save({"results": results, "refused": refused}, out_path)
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("tied", [True])  # tied: the lm_head weight is the embedding, used twice in one unit
-def test_fsdp2_matches_single_process(tmp_path, tied):
+def test_fsdp2_matches_single_process(tmp_path):
     path = str(tmp_path / "fsdp.pt")
-    mp.start_processes(_worker, args=(_free_port(), tied, path), nprocs=WORLD, start_method="spawn", join=True)
+    mp.start_processes(_worker, args=(_free_port(), path), nprocs=WORLD, start_method="spawn", join=True)
     got = torch.load(path)
-    ids, labels, _ = batch(seed=7, b=4)
-    model = tiny_model(tied)
-    loss = fused_causal_lm_loss(model, ids, labels, impl="torch").loss
-    loss.backward()
-    torch.testing.assert_close(got["loss"], loss, rtol=1e-5, atol=1e-6)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(got["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    ids, labels = batch(seed=7, b=4)
+    for tied in (True, False):
+        model = tiny_model(tied)
+        loss = model(input_ids=ids, labels=labels).loss  # the model's own loss, one process
+        loss.backward()
+        total, grads = got["results"][tied]
+        torch.testing.assert_close(total, loss, rtol=1e-5, atol=1e-6)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=f"tied={tied} {name}")
+    assert "sharded inside the forward" in got["refused"]
