@@ -35,6 +35,13 @@ _SHARED_TRAIN = "train"
 
 
 # ------------------------------------------------------------------------------ the pipeline's own sections
+_TINY_LIMITS = {"vocab_size": 65536, "hidden_size": 4096, "intermediate_size": 16384, "num_hidden_layers": 64,
+                "num_attention_heads": 64, "num_key_value_heads": 64, "head_dim": 256,
+                "max_position_embeddings": 131072}
+MAX_SYNTHETIC = 10**7  # problems per synthetic split
+MAX_DRAWS = 10**9  # sampling draws (one int64 each)
+
+
 @dataclass
 class TinyModelConfig:
     """Shape of the tiny Qwen3 built from scratch when `model.base: tiny` (head_dim 64 so vLLM serves it)."""
@@ -50,9 +57,10 @@ class TinyModelConfig:
     seed: int = 0  # weight initialisation
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
-            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        for name, most in _TINY_LIMITS.items():
+            value = getattr(self, name)
+            check(1 <= value <= most, name, f"must be in [1, {most}] (the tiny model is for CPU runs), got {value}")
+        check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")
         check(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
                f"must divide num_attention_heads ({self.num_attention_heads}), got {self.num_key_value_heads}")
 
@@ -86,9 +94,11 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check(self.n_train >= 1, "n_train", f"must be >= 1, got {self.n_train}")
-        check(self.n_eval >= 0, "n_eval", f"must be >= 0, got {self.n_eval}")
-        check(self.n_pretrain >= 0, "n_pretrain", f"must be >= 0, got {self.n_pretrain}")
+        check(1 <= self.n_train <= MAX_SYNTHETIC, "n_train", f"must be in [1, {MAX_SYNTHETIC}], got {self.n_train}")
+        check(0 <= self.n_eval <= MAX_SYNTHETIC, "n_eval", f"must be in [0, {MAX_SYNTHETIC}], got {self.n_eval}")
+        check(0 <= self.n_pretrain <= MAX_SYNTHETIC, "n_pretrain",
+              f"must be in [0, {MAX_SYNTHETIC}], got {self.n_pretrain}")
+        check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")
 
 
 @dataclass
@@ -100,8 +110,8 @@ class ScoringConfig:
 
     def __post_init__(self):
         check_choices(self)
-        check(self.tokens_per_micro_batch >= 1, "tokens_per_micro_batch",
-               f"must be >= 1, got {self.tokens_per_micro_batch}")
+        check(1 <= self.tokens_per_micro_batch <= 2**24, "tokens_per_micro_batch",
+              f"must be in [1, 2**24], got {self.tokens_per_micro_batch}")
 
 
 @dataclass
@@ -121,8 +131,9 @@ class BrownBoostConfig:
                f"need 0 <= easy_quantile < hard_quantile <= 1, got {self.easy_quantile} and {self.hard_quantile}")
         check(self.patience >= 0, "patience", f"must be >= 0, got {self.patience}")
         check(self.easy_patience >= 0, "easy_patience", f"must be >= 0, got {self.easy_patience}")
-        check(self.lambda_time >= 0, "lambda_time", f"must be >= 0, got {self.lambda_time}")
-        check(self.lambda_easy >= 0, "lambda_easy", f"must be >= 0, got {self.lambda_easy}")
+        for name in ("lambda_time", "lambda_easy"):
+            value = getattr(self, name)
+            check(value >= 0 and math.isfinite(value), name, f"must be a finite number >= 0, got {value}")
 
 
 @dataclass
@@ -145,8 +156,11 @@ class SamplingConfig:
             v = getattr(self, name)
             check(v >= 0 and math.isfinite(v), name, f"must be a finite number >= 0, got {v}")
         check(self.alpha + self.beta + self.gamma > 0, "beta", "alpha, beta and gamma cannot all be 0")
-        check(self.multiplier > 0, "multiplier", f"must be > 0, got {self.multiplier}")
-        check(self.size is None or self.size >= 1, "size", f"must be >= 1 or null, got {self.size}")
+        check(0 < self.multiplier <= 1000, "multiplier", f"must be in (0, 1000] (draws per sample), got "
+              f"{self.multiplier}")
+        check(self.size is None or 1 <= self.size <= MAX_DRAWS, "size",
+              f"must be in [1, {MAX_DRAWS}] or null, got {self.size}")
+        check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")
         if self.scheme == "brownboost":
             check(self.brownboost.third_model is not None, "scheme",
                    "'brownboost' needs sampling.brownboost.third_model (a later model to score: the "

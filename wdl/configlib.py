@@ -8,9 +8,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import types
 import typing
@@ -21,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 PRESETS_DIR = Path(__file__).with_name("presets")
+INT64_LIMIT = 2**63  # integers go to numpy / torch as int64
 
 
 # ------------------------------------------------------------------------------------- section validation
@@ -119,11 +122,11 @@ class _Origins:
 
     def lookup(self, path: str) -> tuple[str, str]:
         probe = path
-        while probe:  # the path itself or its nearest recorded ancestor
+        while probe:  # the path itself or its nearest recorded ancestor (a list item's: the list's)
             if probe in self._by_path:
                 label, original = self._by_path[probe]
                 return label, original + path[len(probe) :]
-            probe = probe.rpartition(".")[0]
+            probe = re.sub(r"\[\d+\]$", "", probe) if probe.endswith("]") else probe.rpartition(".")[0]
         for p, (label, original) in self._by_path.items():  # a key set below it
             if p.startswith(path + "."):
                 return label, original[: len(original) - (len(p) - len(path))]
@@ -186,6 +189,8 @@ def apply_overrides(raw: dict, overrides: Iterable[str], origins: _Origins | Non
             child = node.get(k)
             if child is None:
                 child = {}
+                if origins is not None:  # a section the override creates: its errors are the override's
+                    origins.record(None, f"override {text!r}", ".".join(keys[: i + 1]))
             elif not isinstance(child, dict):
                 raise ValueError(f"override {text!r}: {'.'.join(keys[: i + 1])} is not a section")
             node[k] = child = dict(child)
@@ -263,20 +268,25 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             return value
         raise _BuildError(path, f"expected true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -INT64_LIMIT <= value < INT64_LIMIT:
+                raise _BuildError(path, f"must be an integer below 2**63 in magnitude, got {value}")
+            return value
         raise _BuildError(path, f"expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _BuildError(path, f"expected a number, got {value!r}")
+            number = float(value) if abs(value) < 2**1023 else math.inf
+        elif isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise _BuildError(path, f"expected a number, got {value!r}")
+        if not math.isfinite(number):  # .inf, .nan, 1e999: never a meaningful setting
+            raise _BuildError(path, f"must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -286,15 +296,16 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     raise _BuildError(path, f"expected {_type_name(tp)}, got {value!r}")
 
 
-def build(cls: type, data: Mapping, path: str = "") -> Any:
-    """Build dataclass `cls` from plain values, recursively; unknown/missing keys and bad types raise."""
+def build(cls: type, data: Mapping, path: str = "", *, also_valid: Iterable[str] = ()) -> Any:
+    """Build dataclass `cls` from plain values, recursively; unknown/missing keys and bad types raise.
+    `also_valid`: more names a key may have been meant as (the shared sections), for the did-you-mean."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in data.items():
         sub = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            close = difflib.get_close_matches(str(key), [*fields, *also_valid], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(fields)}"
             raise _BuildError(sub, f"unknown key{hint}")
         kwargs[key] = _convert(hints[key], value, sub)
@@ -395,7 +406,7 @@ def load(
             raw[t] = deep_merge(common, own)
             origins.alias(shared, t)
     try:
-        return build(cls, raw)
+        return build(cls, raw, also_valid=tuple(shared_sections or ()))
     except _BuildError as e:
         label, original = origins.lookup(e.path)
         where = f"{label}: {original}: " if original else f"{label}: "  # a check across sections has no key path

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -30,11 +29,11 @@ from wdl import footprint
 from wdl.data.records import RecordError, normalize
 from wdl.data.tokenize import assistant_spans, end_of_turn_marker
 from wdl.eval import EvalConfig, load_benchmark
+from wdl.models import check_model_source
 from wdl.run_dir import PipelineError, RunPaths
 
 TRAINING_PHASES = ("pretrain", "sft", "joint", "sft_continued")
 SCORING_PHASES = ("score_base", "score_sft")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _FIRST_RECORDS = 3
 
 
@@ -47,7 +46,8 @@ class Finding:
 
     def __str__(self) -> str:
         mark = "ok " if self.ok else "✗  "
-        return f"{mark}{self.check}: {self.message}" + (f" — fix: {self.fix}" if self.fix else "")
+        text = self.message if self.message.startswith(self.check) else f"{self.check}: {self.message}"
+        return f"{mark}{text}" + (f" — fix: {self.fix}" if self.fix else "")
 
 
 class PreflightError(PipelineError):
@@ -73,49 +73,25 @@ def free_disk_bytes(path: Path) -> int:
 # ------------------------------------------------------------------------------------------------ models
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
+    return text[0] if text else type(e).__name__
 
 
 def check_model(key: str, name: str) -> tuple[Finding, Any]:
-    """(finding, transformers config or None) for a model named by config key `key`."""
+    """(finding, transformers config or None) for a model named by config key `key`: loadable files
+    (`check_model_source`: a complete local checkpoint, or a hub name cached or reachable), a causal LM config."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    path = Path(name).expanduser()
     fix_path = (f"{key}=/path/to/checkpoint (a local folder with config.json and *.safetensors) or a Hugging Face "
                 "model name such as Qwen/Qwen3-4B-Base")
-    config = None
-    if path.exists():
-        if not path.is_dir():
-            return Finding(key, False, f"{name} is a file, not a checkpoint folder", fix_path), None
-        if not (path / "config.json").is_file():
-            return Finding(key, False, f"{name} has no config.json: not a Hugging Face checkpoint folder",
-                           fix_path), None
-        try:
-            config = AutoConfig.from_pretrained(str(path))
-        except (OSError, ValueError, KeyError) as e:
-            return Finding(key, False, f"{path / 'config.json'} does not load: {_first_line(e)}", fix_path), None
-        weights = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.safetensors.index.json")]
-        if not weights:
-            return Finding(key, False, f"{name} holds no weights (*.safetensors or *.bin)", fix_path), None
-        where = "local checkpoint"
-    elif _HUB_ID.fullmatch(name) and not name.startswith((".", "~")):
-        try:
-            config = AutoConfig.from_pretrained(name, local_files_only=True)
-            where = "Hugging Face cache"
-        except (OSError, ValueError):
-            if hub_offline():
-                return Finding(key, False, f"{name} is neither a local folder nor in the Hugging Face cache, and "
-                               "the hub is off (HF_HUB_OFFLINE)",
-                               f"{key}=/path/to/checkpoint, or download it first: hf download {name}"), None
-            try:
-                config = AutoConfig.from_pretrained(name)
-                where = "Hugging Face hub"
-            except (OSError, ValueError) as e:
-                return Finding(key, False, f"{name} is not a local folder and cannot be read from the Hugging Face "
-                               f"hub ({_first_line(e)})", fix_path), None
-    else:
-        return Finding(key, False, f"{name} does not exist", fix_path), None
+    local = Path(name).expanduser()
+    try:
+        check_model_source(name, key)
+        config = AutoConfig.from_pretrained(str(local) if local.is_dir() else name,
+                                            local_files_only=hub_offline() and not local.is_dir())
+    except (OSError, ValueError, KeyError) as e:
+        return Finding(key, False, _first_line(e), fix_path if local.is_absolute() or local.exists() else ""), None
+    where = "local checkpoint" if local.is_dir() else "Hugging Face hub name"
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return Finding(key, False, f"{name} is a {config.model_type!r} model, not a causal language model",
                        fix_path), None

@@ -39,8 +39,9 @@ def collect_report(paths: RunPaths, cfg: PipelineConfig, phase_order: Sequence[s
     """report.json's content (without plots) from the run directory's markers, logs and sampling summary."""
     phases = {}
     for p in sorted(paths.markers.glob("*.json")):
-        m = json.loads(p.read_text(encoding="utf-8"))
-        phases[m["phase"]] = {k: v for k, v in m.items() if k not in ("phase", "results", "eval_config")}
+        m = read_marker(paths, p.stem)
+        phases[m.get("phase", p.stem)] = {k: v for k, v in m.items()
+                                           if k not in ("phase", "results", "eval_config", "fingerprint", "outputs")}
     timings = {name: phases[name]["seconds"] for name in phase_order if name in phases}
     evals = {}
     for name in eval_models:
@@ -51,10 +52,12 @@ def collect_report(paths: RunPaths, cfg: PipelineConfig, phase_order: Sequence[s
     sampling = None
     if paths.resampled.is_file():
         sampling = {k: v for k, v in json.loads(paths.resampled.read_text(encoding="utf-8")).items() if k != "ids"}
+    reused = {name: m["reused_from"] for name, m in phases.items() if m.get("reused_from")}
     return {
         "eval": evals,
         "timings": timings,
         "phases": phases,
+        "reused": reused,  # phase -> the run directory it was taken from (wdl run --from)
         "training": {ph: training_summary(rows) for ph, rows in logs.items() if rows},
         "sampling": sampling,
         "config": to_dict(cfg),
@@ -199,6 +202,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["## Curves", ""]
         lines += [f"![{m}]({f})" for m, f in report["plots"].items()]
         lines += [""]
+    reused = report.get("reused") or {}
+    if reused:
+        sources = sorted(set(reused.values()))
+        lines += ["## Reused phases", "", f"Taken from {', '.join(f'`{s}`' for s in sources)} (`wdl run --from`), "
+                  f"unchanged: {', '.join(reused)}. Their wall times below are those of the run that computed them.",
+                  ""]
     timings = report.get("timings", {})
     if timings:
         rows = [["phase", "wall time"], *[[p, _fmt_seconds(s)] for p, s in timings.items()]]

@@ -1,6 +1,6 @@
 """Disk discipline and console output of the finished tiny run: finished phases keep model-only checkpoints
 (`train.drop_optimizer_state`, on by default) and `keep_last` of them, their exports verify and reload, a
-stripped checkpoint refuses to resume with the way out; progress lines, the resume notice and the run's setup
+deleted export is rebuilt from the model-only checkpoint; progress lines, the resume notice and the run's setup
 in report.json."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ import json
 import shutil
 
 import pytest
+import torch
 import torch.distributed.checkpoint as dcp
 
 from wdl.cli import main
-from wdl.models import verify_hf_checkpoint
+from wdl.models import check_export, check_hf_checkpoint
 from wdl.train.checkpoint import complete_checkpoints
 
 PHASE_EXPORTS = {"pretrain": "base", "sft": "sft", "joint": "wmss", "sft_continued": "sft_continued"}
@@ -28,9 +29,9 @@ def test_finished_phases_keep_model_only_checkpoints(finished_run):
         assert state["optimizer_state"] is False, phase
         keys = dcp.FileSystemReader(str(ckpt / "state")).read_metadata().state_dict_metadata
         assert keys and all(k.startswith("model.") for k in keys), phase
-        verify_hf_checkpoint(out / export)
-        marker = json.loads((out / "phases" / f"{phase}.json").read_text())
-        assert marker["optimizer_state_dropped_bytes"] > 0
+        check_hf_checkpoint(out / export)
+        assert check_export(out / export) == []
+        assert f"{phase}: export verified; optimizer state dropped from its checkpoints" in finished_run[1].stdout
 
 
 def test_a_cut_export_does_not_verify(finished_run, tmp_path):
@@ -38,20 +39,28 @@ def test_a_cut_export_does_not_verify(finished_run, tmp_path):
     copy = shutil.copytree(out / "sft", tmp_path / "sft")
     weights = copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    with pytest.raises(ValueError, match="cut short"):
-        verify_hf_checkpoint(copy)
+    with pytest.raises(ValueError, match="truncated"):
+        check_hf_checkpoint(copy)
+    from wdl.train.retention import drop_optimizer_state
+
+    with pytest.raises(ValueError, match="truncated"):  # the checkpoints are left whole
+        drop_optimizer_state(out / "work" / "sft", copy)
 
 
-def test_stripped_checkpoint_refuses_to_resume(finished_run, tmp_path, capsys):
+def test_a_deleted_export_is_rebuilt_from_the_model_only_checkpoint(finished_run, tmp_path, capsys):
+    """A finished phase whose export is gone (and its marker with it) is exported again from its final,
+    model-only checkpoint, without training: the same weights."""
     from pipeline_helpers import SHORT
+    from safetensors.torch import load_file
 
     out, _ = finished_run
     run = shutil.copytree(out, tmp_path / "run", symlinks=True)
     shutil.rmtree(run / "sft")
     (run / "phases" / "sft.json").unlink()
-    assert main(["sft", "--out", str(run), *SHORT]) == 2
-    err = capsys.readouterr().err
-    assert "holds model weights only" in err and "wdl extract --from" in err
+    assert main(["sft", "--out", str(run), *SHORT]) == 0, capsys.readouterr().err
+    assert "sft: exporting again from its final checkpoint" in capsys.readouterr().out
+    got, want = load_file(run / "sft" / "model.safetensors"), load_file(out / "sft" / "model.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
 
 
 def test_progress_and_setup_in_the_logs(finished_run):

@@ -89,14 +89,15 @@ def test_missing_model(setup, capsys):
     code, lines = check([*args, f"model.base={tmp / 'no-such-model'}"], capsys)
     assert code == 1
     [line] = problem_lines(lines)
-    assert line.startswith(f"✗  model.base: {tmp / 'no-such-model'} does not exist — fix: model.base=/path/to/")
+    assert line.startswith(f"✗  model.base: {tmp / 'no-such-model'}: does not exist")
+    assert "fix: model.base=/path/to/checkpoint" in line
 
 
 def test_model_folder_without_config(setup, capsys):
     tmp, args = setup
     (tmp / "empty").mkdir()
     code, lines = check([*args, f"model.base={tmp / 'empty'}"], capsys)
-    assert code == 1 and "has no config.json: not a Hugging Face checkpoint folder" in problem_lines(lines)[0]
+    assert code == 1 and "no config.json: not a Hugging Face model directory" in problem_lines(lines)[0]
 
 
 def test_missing_data_and_bad_record(setup, capsys):

@@ -7,6 +7,9 @@ from typing import Literal
 
 from wdl.configlib import check_choices
 
+_LIMITS = {"max_length": 2**20, "tokens_per_micro_batch": 2**24, "global_batch_size": 2**24,
+           "pad_to_multiple": 2**16}
+
 
 @dataclass
 class DataConfig:
@@ -37,10 +40,12 @@ class DataConfig:
         if not all(isinstance(s, str) and s for s in self.sources):
             raise ValueError(f"data.sources: a list of file paths or dataset names, got {self.sources!r}")
         check_choices(self, prefix="data.")
-        for name in ("max_length", "tokens_per_micro_batch", "global_batch_size", "pad_to_multiple"):
+        for name, most in _LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"data.{name}: must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                raise ValueError(f"data.{name}: must be an integer in [1, {most}], got {value!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"data.seed: must be an integer in [0, 2**32), got {self.seed!r}")
         if self.max_length < 2:
             raise ValueError(f"data.max_length: must be at least 2 (one input and one target), got {self.max_length}")
         if self.tokens_per_micro_batch < self.max_length:

@@ -7,8 +7,9 @@ Accepted record forms (auto-detected per record unless `format` fixes one; `fiel
   prompt_completion   {"prompt", "completion" | "response"}
   text                {"text"}                                               (plain text, loss_on="all")
 Every row keeps its `source` (file or dataset) and `line` (1-based line / record number) so that later errors
-can name them. Local files are parsed here (exact file:line errors) into a datasets cache keyed by the files'
-size and mtime; hub datasets are read with `datasets.load_dataset`.
+can name them. Local files are parsed here (exact file:line errors: invalid UTF-8 or JSON, a record of no known
+form, an idx that is not an integer in [0, 2**63)) into a datasets cache keyed by the files' size and mtime; a
+file without any record is an error. Hub datasets are read with `datasets.load_dataset`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,19 @@ _FEATURES = datasets.Features({
 
 class RecordError(ValueError):
     """A malformed record; the message names the source and line."""
+
+
+MAX_IDX = 2**63 - 1  # ids are int64 everywhere (datasets columns, sample_idx tensors)
+
+
+def check_idx(idx) -> None:
+    """A record's idx is absent (None) or an integer in [0, MAX_IDX]; -1 marks padding and unassigned ids."""
+    if idx is None:
+        return
+    if isinstance(idx, bool) or not isinstance(idx, int):
+        raise RecordError(f"idx must be an integer, got {idx!r}")
+    if not 0 <= idx <= MAX_IDX:
+        raise RecordError(f"idx must be an integer in [0, 2**63), got {idx}")
 
 
 @dataclass
@@ -120,49 +134,80 @@ def normalize(rec, fmt: str, field_map: dict[str, str]) -> tuple[list[dict] | No
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], None, idx
 
 
+def _not_utf8(e: UnicodeDecodeError) -> str:
+    return f"not valid UTF-8 (byte {e.start} of the line): save the file as UTF-8"
+
+
 def _iter_json_file(path: Path):
-    """(line number, parsed object or JSONDecodeError) for a .jsonl file, or (record number, object) for a .json
-    list."""
+    """(line number, parsed object or RecordError) for a .jsonl file, or (record number, object) for a .json
+    list. A line that is not UTF-8 or not JSON is a RecordError for that line (skippable); a file without any
+    record is a ValueError."""
     if path.suffix == ".json":
+        raw = path.read_bytes()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise ValueError(f"{path}:{line}: not valid UTF-8 (byte {e.start} of the file): save the file as "
+                             "UTF-8") from None
+        if not text.strip():
+            raise ValueError(f"{path}: the file is empty: it holds no records (fill it or remove it from "
+                             "data.sources)")
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
             raise ValueError(f"{path}: a .json source must hold a list of records")
+        if not data:
+            raise ValueError(f"{path}: the list of records is empty (fill it or remove it from data.sources)")
         yield from enumerate(data, start=1)
         return
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    seen = False
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                seen = True
+                yield lineno, RecordError(_not_utf8(e))
+                continue
             if not line.strip():
                 continue
+            seen = True
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                yield lineno, e
+                yield lineno, RecordError(f"invalid JSON: {e.msg}")
+    if not seen:
+        raise ValueError(f"{path}: the file holds no records (it is empty or has only blank lines): fill it or "
+                         "remove it from data.sources")
 
 
 def _generate(files: list[str], fmt: str, field_map: dict, on_bad: str, report_path: str, **_stamp):
     """datasets generator: validated rows of all local files (the _stamp kwargs only key the cache)."""
     skipped: Counter = Counter()
+    n = 0
     for name in files:
         path = Path(name)
         for lineno, rec in _iter_json_file(path):
             try:
-                if isinstance(rec, json.JSONDecodeError):
-                    raise RecordError(f"invalid JSON: {rec.msg}")
+                if isinstance(rec, RecordError):
+                    raise rec
                 messages, text, idx = normalize(rec, fmt, field_map)
-                if idx is not None and (isinstance(idx, bool) or not isinstance(idx, int)):
-                    raise RecordError(f"idx must be an integer, got {idx!r}")
+                check_idx(idx)
             except RecordError as e:
                 if on_bad == "error":
                     raise ValueError(f"{path}:{lineno}: {e} (or set data.on_bad_record=skip)") from None
                 skipped[str(e)[:60]] += 1
                 continue
+            n += 1
             yield {"idx": -1 if idx is None else idx, "messages": messages, "text": text, "source": str(path),
                    "line": lineno, "_has_idx": idx is not None}
+    if n == 0:
+        raise ValueError(f"data.sources {files} hold no usable record (skipped: {dict(skipped)})")
     Path(report_path).write_text(json.dumps(dict(skipped)))
 
 
@@ -178,7 +223,7 @@ def _load_local(files: list[Path], cfg: DataConfig) -> tuple[datasets.Dataset, C
         ds = datasets.Dataset.from_generator(
             _generate, features=features, cache_dir=cache_dir,
             gen_kwargs=dict(files=[str(p) for p in files], fmt=cfg.format, field_map=cfg.field_map,
-                            on_bad=cfg.on_bad_record, report_path=report_path, stamp=stamp),
+                            on_bad=cfg.on_bad_record, report_path=report_path, stamp=stamp, version=2),
         )
     except Exception as e:  # datasets wraps the generator's exception; surface our ValueError as is
         cause = e
@@ -198,6 +243,7 @@ def _load_hub(name: str, cfg: DataConfig) -> tuple[datasets.Dataset, Counter]:
     def convert(rec, i):
         try:
             messages, text, idx = normalize(rec, cfg.format, cfg.field_map)
+            check_idx(idx)
             ok = True
         except RecordError as e:
             if cfg.on_bad_record == "error":

@@ -8,6 +8,12 @@ full conversation (Qwen3 drops their reasoning), which is what the model sees at
 
 Output rows: idx, input_ids, labels (already shifted, see wdl/labels.py; the last position has no target),
 num_label_tokens, length.
+
+Memory stays bounded by max_length, not by the longest record: no token is longer than the tokenizer's longest
+vocabulary entry (L characters), so a text of more than (max_length + 16) * L characters is certainly over
+max_length tokens, and only such a prefix of it is tokenized (doubled until it yields more than max_length + 16
+tokens, for tokenizers whose normalizer drops characters). The kept tokens are those of the whole text except
+where one pre-tokenizer chunk spans the cut (16 tokens later), which BPE merges could change.
 """
 
 from __future__ import annotations
@@ -86,11 +92,33 @@ def _supervised_mask(offsets, spans) -> list[bool]:
     return mask
 
 
-def _encode(row: dict, tokenizer, cfg: DataConfig, marker: str) -> dict:
+_CUT_MARGIN = 16  # tokens beyond max_length that a cut text must still yield
+
+
+def max_token_chars(tokenizer) -> int:
+    """An upper bound on the characters of text one token covers: the longest vocabulary entry (byte-level BPE
+    spells a byte as one character, so this bounds bytes and thus characters)."""
+    return max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
+
+
+def _bounded_encode(tokenizer, text: str, max_length: int, chars_per_token: int, **kwargs):
+    """tokenizer(text) or, for a text certainly longer than max_length tokens, of a prefix that yields more
+    than max_length + _CUT_MARGIN tokens. Returns (encoding, cut)."""
+    limit = (max_length + _CUT_MARGIN) * chars_per_token
+    while limit < len(text):
+        enc = tokenizer(text[:limit], **kwargs)
+        if len(enc["input_ids"]) > max_length + _CUT_MARGIN:
+            return enc, True
+        limit *= 2
+    return tokenizer(text, **kwargs), False
+
+
+def _encode(row: dict, tokenizer, cfg: DataConfig, marker: str, chars_per_token: int = 1 << 30) -> dict:
     """One record -> dict(input_ids, supervised mask, status)."""
     if row["messages"] is None:  # plain text: every token (and the closing eos) is a target
-        ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
+        enc, cut = _bounded_encode(tokenizer, row["text"], cfg.max_length, chars_per_token, add_special_tokens=False)
+        ids = enc["input_ids"]
+        if tokenizer.eos_token_id is not None and not cut:
             ids = ids + [tokenizer.eos_token_id]
         return {"ids": ids, "mask": [True] * len(ids)}
     messages = list(row["messages"])
@@ -99,7 +127,8 @@ def _encode(row: dict, tokenizer, cfg: DataConfig, marker: str) -> dict:
     if cfg.loss_on == "completion" and not any(m["role"] == "assistant" for m in messages):
         raise _Skip("no assistant message")
     text, spans = assistant_spans(tokenizer, messages, cfg.enable_thinking, marker)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc, _ = _bounded_encode(tokenizer, text, cfg.max_length, chars_per_token, add_special_tokens=False,
+                             return_offsets_mapping=True)
     mask = [True] * len(enc["input_ids"]) if cfg.loss_on == "all" else _supervised_mask(enc["offset_mapping"], spans)
     return {"ids": enc["input_ids"], "mask": mask}
 
@@ -125,7 +154,8 @@ def tokenize_records(records: datasets.Dataset, tokenizer, cfg: DataConfig,
     settings = [cfg.system_prompt, cfg.enable_thinking, cfg.loss_on, cfg.max_length, cfg.overlong,
                 cfg.on_bad_record, marker]
     fingerprint = hashlib.sha1(json.dumps(
-        [records._fingerprint, _tokenizer_fingerprint(tokenizer), settings, "v1"]).encode()).hexdigest()
+        [records._fingerprint, _tokenizer_fingerprint(tokenizer), settings, "v2"]).encode()).hexdigest()
+    chars_per_token = max_token_chars(tokenizer)
 
     def encode_batch(batch):
         out = {"idx": [], "input_ids": [], "labels": [], "num_label_tokens": [], "length": [], "status": []}
@@ -134,7 +164,7 @@ def tokenize_records(records: datasets.Dataset, tokenizer, cfg: DataConfig,
             where = f"{batch['source'][i]}:{batch['line'][i]}"
             status = "ok"
             try:
-                enc = _encode(row, tokenizer, cfg, marker)
+                enc = _encode(row, tokenizer, cfg, marker, chars_per_token)
             except _Skip as e:
                 if cfg.on_bad_record == "error":
                     raise ValueError(f"{where}: {e}: nothing to train on (or set data.on_bad_record=skip)") from None

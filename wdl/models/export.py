@@ -1,13 +1,21 @@
-"""Writing a sub-model as a plain Hugging Face checkpoint (safetensors, config, tokenizer, generation config).
+"""Writing a sub-model as a plain Hugging Face checkpoint (safetensors, config, tokenizer, generation config), and
+checking a checkpoint directory before it is read.
 
 The caller gathers the full state dict (wdl.train backends do it for FSDP2 / ZeRO-3); this module builds the
 model skeleton on the meta device, assigns the tensors (tied embeddings re-tied, never duplicated) and writes
 everything into a temporary directory that is renamed into place, so a reader never sees half a checkpoint.
+The export also holds `wdl_export.json`, the size and SHA-256 of each of its files: it marks the directory as
+ours (`wdl extract --out` replaces only such a directory) and lets a reader tell a damaged file.
+
+`check_hf_checkpoint(path)` reads headers only: a directory without config.json or weights, a shard the index
+names but that is missing, or a safetensors file shorter than its header says (truncated) is a ValueError
+naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,9 +23,97 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig
 
-from wdl.io import atomic_directory
+from wdl.io import atomic_directory, atomic_write_json
+from wdl.manifest import build_manifest, verify_manifest
 
 IM_END = "<|im_end|>"
+EXPORT_RECORD = "wdl_export.json"
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json",
+                    "pytorch_model.bin.index.json")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be complete (from its header and size), or None."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path}: truncated ({size} bytes, not even a header)"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return f"{path}: truncated ({size} bytes, the header alone says {8 + n})"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        return f"{path}: not a safetensors file ({e})"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    want = 8 + n + max(ends, default=0)
+    if size < want:
+        return f"{path}: truncated ({size} bytes, its header describes {want})"
+    return None
+
+
+def check_hf_checkpoint(path: str | Path) -> None:
+    """A local model directory that can be loaded: config.json, weights (every shard its index names), and no
+    truncated safetensors file. A ValueError naming the file otherwise; reads headers only."""
+    p = Path(path)
+    if not p.is_dir():
+        raise ValueError(f"{p}: {'not a directory' if p.exists() else 'does not exist'} (expected a model "
+                         "checkpoint directory with config.json and model.safetensors)")
+    if not (p / "config.json").is_file():
+        raise ValueError(f"{p}: no config.json: not a Hugging Face model directory (missing model files)")
+    if not any(any(p.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
+        raise ValueError(f"{p}: no model weights (model.safetensors or its shards): missing model files")
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = p / index_name
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{index}: not a valid weight index ({e})") from None
+            missing = sorted(s for s in shards if not (p / s).is_file())
+            if missing:
+                raise ValueError(f"{p / missing[0]}: missing ({len(missing)} of the {len(shards)} shards "
+                                 f"{index_name} names): copy the model again")
+    for f in sorted(p.glob("*.safetensors")):
+        problem = _safetensors_problem(f)
+        if problem:
+            raise ValueError(f"{problem}: the file is damaged; export or copy the model again")
+
+
+def is_wdl_export(path: str | Path) -> bool:
+    """A directory written by `save_hf_checkpoint`, holding nothing but what it wrote (sizes unchanged)."""
+    p = Path(path)
+    try:
+        record = json.loads((p / EXPORT_RECORD).read_text(encoding="utf-8"))
+        files = record["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    extra = {n for n in os.listdir(p)} - {n.split("/")[0] for n in files} - {EXPORT_RECORD}
+    return not extra and all((p / n).is_file() and (p / n).stat().st_size == e["size"] for n, e in files.items())
+
+
+def check_export_target(path: str | Path) -> None:
+    """`path` may receive an export: it does not exist, is an empty directory, or holds a previous export of ours
+    (which is replaced). Anything else - a file, a directory with other content - is a ValueError."""
+    p = Path(path)
+    if not p.exists() and not p.is_symlink():
+        return
+    if not p.is_dir():
+        raise ValueError(f"{p} is a file, not a directory: give a directory path for the model (nothing was written)")
+    if any(p.iterdir()) and not is_wdl_export(p):
+        raise ValueError(f"{p} is not empty and does not hold a model exported by wdl, so it is not replaced: choose "
+                         "a new or empty directory (nothing was written)")
+
+
+def check_export(path: str | Path) -> list[str]:
+    """What differs between an export and its record (hashes every file); [] when intact or not an export."""
+    p = Path(path)
+    try:
+        files = json.loads((p / EXPORT_RECORD).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return verify_manifest(p, files, ignore=(EXPORT_RECORD,))
 
 
 def is_complete_hf_checkpoint(path: str | Path) -> bool:
@@ -25,40 +121,6 @@ def is_complete_hf_checkpoint(path: str | Path) -> bool:
     p = Path(path)
     has_weights = any(p.glob("*.safetensors")) or (p / "model.safetensors.index.json").is_file()
     return p.is_dir() and (p / "config.json").is_file() and has_weights
-
-
-def verify_hf_checkpoint(path: str | Path) -> None:
-    """Raise ValueError unless `path` is a complete HF checkpoint: config.json loads, and every weight file is
-    whole (its size is what its safetensors header declares) and holds every parameter of the model the
-    config describes, with its shape. Reads the headers only, not the weights."""
-    path = Path(path)
-    if not is_complete_hf_checkpoint(path):
-        raise ValueError(f"{path}: not a complete Hugging Face checkpoint (config.json and *.safetensors)")
-    config = AutoConfig.from_pretrained(str(path))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found: dict[str, tuple] = {}
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"{path}: no *.safetensors weights (only safetensors exports are verified)")
-    for f in files:
-        with f.open("rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        header.pop("__metadata__", None)
-        end = max((t["data_offsets"][1] for t in header.values()), default=0)
-        if f.stat().st_size != 8 + n + end:
-            raise ValueError(f"{f}: {f.stat().st_size} bytes, its header declares {8 + n + end}: the file is cut short")
-        found.update({k: tuple(t["shape"]) for k, t in header.items()})
-    wrong = [k for k, s in found.items() if k in expected and expected[k] != s]
-    aliases: dict[int, list[str]] = {}  # a tied lm_head is saved once, under either name
-    for name, p in model.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(p), []).append(name)
-    missing = [names[0] for names in aliases.values() if not any(a in found for a in names)]
-    if wrong or missing:
-        raise ValueError(f"{path}: the weights do not match its config: missing {missing[:5]}, wrong shapes "
-                         f"{wrong[:5]} (of {len(aliases)} parameters)")
 
 
 def export_dtype(model_path: str | Path) -> torch.dtype:
@@ -107,7 +169,10 @@ def save_hf_checkpoint(
     generation_source: str | Path | None = None,
     overwrite: bool = True,
 ) -> Path:
-    """Write `state_dict` (full tensors, any device) as an HF checkpoint at `out_dir`, atomically."""
+    """Write `state_dict` (full tensors, any device) as an HF checkpoint at `out_dir`, atomically. With `overwrite`
+    an existing `out_dir` is replaced only when `check_export_target` allows it."""
+    if overwrite:
+        check_export_target(out_dir)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     missing, unexpected = model.load_state_dict(dict(state_dict), strict=False, assign=True)
@@ -126,4 +191,5 @@ def save_hf_checkpoint(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
             generation_config_for(tokenizer, generation_source).save_pretrained(tmp)
+        atomic_write_json(tmp / EXPORT_RECORD, {"format": "wdl-export-1", "files": build_manifest(tmp)})
     return Path(out_dir)

@@ -2,7 +2,8 @@
 optional Liger-Kernel blocks.
 
 Nothing here downloads anything that the caller did not ask for: a model is a local checkpoint directory or a
-hub name that transformers resolves from its cache.
+hub name that transformers resolves from its cache. `check_model_source` tells, before any work, whether a
+model can be loaded at all (local files complete, or the name in the cache or on a reachable hub), in one line.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from .export import check_hf_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,36 @@ def pick_attn_implementation(requested: str | None = None) -> str:
     return requested
 
 
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id ("name" or "org/name")."""
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def check_model_source(name: str | Path, what: str = "model") -> None:
+    """`name` (a local checkpoint directory or a hub model name) can be loaded; a one-line ValueError naming it
+    and the fix otherwise. A hub name is looked up in the local cache first, then (unless HF_HUB_OFFLINE) on
+    the hub."""
+    name = str(name)
+    if _looks_local(name):
+        try:
+            check_hf_checkpoint(Path(name).expanduser())
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
+        return
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+        return
+    except OSError:
+        pass
+    try:
+        AutoConfig.from_pretrained(name)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{what} {name!r}: not a local directory, and not in the Hugging Face cache nor reachable "
+                         f"on the hub ({first}): download it where the hub is reachable (`hf download {name}`) or "
+                         "give the path of a local checkpoint directory") from None
+
+
 def load_config(path: str | Path) -> PretrainedConfig:
     return AutoConfig.from_pretrained(str(path))
 
@@ -79,6 +112,8 @@ def load_causal_lm(
     installed; otherwise it warns and does nothing.
     """
     attn = pick_attn_implementation(attn_implementation)
+    if Path(path).is_dir():
+        check_hf_checkpoint(path)  # a missing or truncated file: a message naming it, not a loader traceback
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=attn)
     if device is not None:
         model.to(device)

@@ -8,6 +8,9 @@ from typing import Literal
 
 from wdl.configlib import check, check_choices
 
+MAX_EPOCHS = 10_000
+MAX_STEPS = 10**9
+
 
 @dataclass
 class TrainConfig:
@@ -58,17 +61,22 @@ class TrainConfig:
         check_choices(self)
         self.betas = tuple(float(b) for b in self.betas)
         check(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a finite number > 0, got {self.lr}")
-        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(self.weight_decay >= 0 and math.isfinite(self.weight_decay), "weight_decay",
+              f"must be a finite number >= 0, got {self.weight_decay}")
+        check(self.lr * self.weight_decay < 1, "weight_decay",
+              f"lr * weight_decay must be < 1 (AdamW scales the weights by 1 - lr * weight_decay each step), got "
+              f"{self.lr} * {self.weight_decay}")
         check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "betas",
-               f"must be two numbers in [0, 1), got {list(self.betas)}")
-        check(self.eps > 0, "eps", f"must be > 0, got {self.eps}")
-        check(self.max_grad_norm >= 0, "max_grad_norm",
-               f"must be >= 0 (0 disables clipping), got {self.max_grad_norm}")
+              f"must be two numbers in [0, 1), got {list(self.betas)}")
+        check(0 < self.eps < 1, "eps", f"must be a number in (0, 1), got {self.eps}")
+        check(self.max_grad_norm >= 0 and math.isfinite(self.max_grad_norm), "max_grad_norm",
+              f"must be a finite number >= 0 (0 disables clipping), got {self.max_grad_norm}")
         check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        check(self.epochs > 0 and math.isfinite(self.epochs), "epochs", f"must be > 0, got {self.epochs}")
-        check(self.max_steps is None or self.max_steps >= 1, "max_steps",
-               f"must be >= 1 or null (then epochs decide), got {self.max_steps}")
+        check(0 < self.epochs <= MAX_EPOCHS, "epochs", f"must be in (0, {MAX_EPOCHS}], got {self.epochs}")
+        check(self.max_steps is None or 1 <= self.max_steps <= MAX_STEPS, "max_steps",
+              f"must be in [1, {MAX_STEPS}] or null (then epochs decide), got {self.max_steps}")
+        check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")
         check(0.0 <= self.lam <= 1.0, "lam", f"must be in [0, 1], got {self.lam}")
         check(self.zero_stage in (2, 3), "zero_stage", f"must be 2 or 3, got {self.zero_stage}")
         check(not self.offload_optimizer or self.backend == "deepspeed", "offload_optimizer",

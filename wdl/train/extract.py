@@ -4,12 +4,12 @@
 
 Works on checkpoints of every backend (DCP for single/FSDP2, DeepSpeed ZeRO-2/3) on any number of ranks: the
 sharded state is consolidated on the CPU. A frozen weak model is not in the checkpoint (it never changes): it is
-re-exported from its source.
+re-exported from its source. The checkpoint is verified against its manifest before torch or DeepSpeed reads
+it (wdl/train/checkpoint.py); given a work directory, the newest checkpoint that verifies is used.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,22 +17,12 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from transformers import AutoModelForCausalLM
 
-from wdl.models import export_dtype, load_config, save_hf_checkpoint
+from wdl.io import read_json, remove_stale_temporaries
+from wdl.models import check_export_target, export_dtype, load_config, save_hf_checkpoint
 
-from .checkpoint import is_complete, latest_checkpoint
+from .checkpoint import verified_checkpoint
 from .deepspeed_backend import TAG, import_deepspeed
 from .torch_backend import single_process_dcp
-
-
-def _resolve(source: Path) -> Path:
-    source = Path(source)
-    if is_complete(source):
-        return source
-    ckpt = latest_checkpoint(source)
-    if ckpt is None:
-        raise ValueError(f"{source}: no complete training checkpoint (a step-N directory with COMPLETE.json) here; "
-                         "pass a phase's work directory (e.g. DIR/work/joint) or one of its step-N checkpoints")
-    return ckpt
 
 
 def _dcp_state(state_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
@@ -59,8 +49,11 @@ def _deepspeed_state(state_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
 def extract_submodel(source: str | Path, out: str | Path, *, which: str = "strong") -> Path:
     if which not in ("strong", "weak"):
         raise ValueError(f"which must be 'strong' or 'weak', got {which!r}")
-    ckpt = _resolve(Path(source))
-    state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    out = Path(out)
+    check_export_target(out)  # before any work: an unrelated directory is never replaced
+    remove_stale_temporaries(out.parent, prefix=out.name)  # what an interrupted extract into `out` left
+    ckpt = verified_checkpoint(Path(source))
+    state = read_json(ckpt / "trainer_state.json", fix=f"the checkpoint {ckpt} is damaged")
     model_path = state["strong_model"] if which == "strong" else state.get("weak_model")
     if model_path is None:
         raise ValueError(f"{ckpt}: this run has no weak model (it was an SFT-style phase)")

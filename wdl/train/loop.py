@@ -14,7 +14,6 @@ gradient norm): all ranks take the same decision.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -24,18 +23,21 @@ from pathlib import Path
 import torch
 
 from wdl.data import StepLoader
-from wdl.distributed import all_reduce_sum, barrier, init_distributed
+from wdl.distributed import all_reduce_sum, barrier, broadcast_object, init_distributed
 from wdl.io import atomic_write_jsonl, read_jsonl
 from wdl.labels import IGNORE_INDEX
 from wdl.models import export_dtype, is_complete_hf_checkpoint, save_hf_checkpoint
 
 from .backend import move_batch
 from .backends import build_backend
-from .checkpoint import CheckpointManager, rng_state, set_rng_state
+from .checkpoint import CheckpointError, CheckpointManager
 from .config import TrainConfig
+from .extract import extract_submodel
+from .retention import finished_checkpoint
 from .metrics import FlopCounter, MetricsSink, host_peak_rss_gib, peak_bf16_flops, peak_memory_gib, \
     reset_peak_memory, sequence_lengths
 from .optim import LRSchedule
+from .rank_state import rng_state, set_rng_state
 
 # What a step sums over its micro-batches and then over the ranks, in one all-reduce (in this order).
 STEP_SUMS = ("loss", "entropy", "margin", "label_tokens", "tokens", "squared_lengths")
@@ -43,6 +45,10 @@ STEP_SUMS = ("loss", "entropy", "margin", "label_tokens", "tokens", "squared_len
 
 class NonFiniteLossError(RuntimeError):
     """A step's loss or gradient norm was NaN/inf under nan_policy='stop' (raised before the update)."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """A phase ended with non-finite weights, or skipped every step as non-finite: nothing is exported."""
 
 
 @dataclass
@@ -74,8 +80,9 @@ def truncate_log(path: Path, step: int) -> None:
 class Trainer:
     def __init__(self, *, name: str, strong_model: str | Path, weak_model: str | Path | None, dataset, data,
                  train: TrainConfig, work_dir: Path, export_dir: Path, log_path: Path,
-                 tokenizer_path: str | Path | None):
+                 tokenizer_path: str | Path | None, fingerprint: str | None = None):
         self.name = name
+        self.fingerprint = fingerprint  # what produced this phase's inputs (stamped into every checkpoint)
         self.cfg = train
         self.strong_path, self.weak_path = str(strong_model), (str(weak_model) if weak_model is not None else None)
         self.work_dir, self.export_dir, self.log_path = Path(work_dir), Path(export_dir), Path(log_path)
@@ -112,29 +119,38 @@ class Trainer:
             "wall_s": self.wall_s, "last_loss": self.last_loss, "world_size": self.dist.world_size,
             "backend": self.cfg.backend, "strong_model": self.strong_path, "weak_model": self.weak_path,
             "freeze_weak": self.cfg.freeze_weak, "lam": self.cfg.lam, "tokenizer": self.tokenizer_path,
+            "fingerprint": self.fingerprint,
         }
 
     def rank_state(self) -> dict:
         return {"rng": rng_state(), "loader": self.loader.state_dict()}
 
+    def _check_checkpoint(self, path: Path, state: dict) -> None:
+        """Refuse a checkpoint of another run: a different fingerprint (config or inputs) or length."""
+        if self.fingerprint is not None and state.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(f"{path} was written for other inputs or settings than this {self.name} phase has "
+                                  f"(fingerprint {str(state.get('fingerprint'))[:12]}, now {self.fingerprint[:12]}): "
+                                  f"resume with the original config and data, or delete {self.work_dir} to train "
+                                  "the phase from its first step")
+        if state.get("optimizer_state") is False:
+            raise CheckpointError(f"{path} holds model weights only (its optimizer state was dropped when the phase "
+                                  f"finished: train.drop_optimizer_state) and cannot resume training; its export "
+                                  f"{self.export_dir} is missing: rebuild it with `wdl extract --from {path} --out "
+                                  f"{self.export_dir}`, or delete {self.work_dir} to train the phase again")
+        if state.get("total_steps") != self.total_steps:
+            raise CheckpointError(f"{path}: the checkpoint belongs to a run of {state.get('total_steps')} steps, this "
+                                  f"one has {self.total_steps}: same data and train settings are needed to resume "
+                                  f"(or delete {self.work_dir} to start over)")
+
     def resume(self) -> None:
         self.ckpt.clean_stale()
-        latest = self.ckpt.latest()
-        if latest is None:
+        found = self.ckpt.load_latest(self.backend, check=self._check_checkpoint)
+        if found is None:
             if self.dist.is_main:
                 truncate_log(self.log_path, 0)  # a run without a checkpoint starts over: so does its log
             barrier()
             return
-        if json.loads((latest / "trainer_state.json").read_text(encoding="utf-8")).get("optimizer_state") is False:
-            raise ValueError(f"{latest} holds model weights only (its optimizer state was dropped when the phase "
-                             f"finished: train.drop_optimizer_state) and cannot resume training; its export "
-                             f"{self.export_dir} is missing: rebuild it with `wdl extract --from {latest} --out "
-                             f"{self.export_dir}`, or delete {self.work_dir} to train the phase again")
-        state, rank_state = self.ckpt.load(latest, self.backend)
-        if state["total_steps"] != self.total_steps:
-            raise ValueError(f"{latest}: the checkpoint belongs to a run of {state['total_steps']} steps, this one "
-                             f"has {self.total_steps}: same data and train settings are needed to resume (or "
-                             f"delete {self.work_dir} to start over)")
+        latest, state, rank_state = found
         self.step = state["step"]
         self.samples, self.tokens = state["samples"], state["tokens"]
         self.label_tokens, self.skipped = state["label_tokens"], state["skipped_steps"]
@@ -251,8 +267,26 @@ class Trainer:
         return row
 
     # ------------------------------------------------------------------ outputs
+    def check_finite_result(self, sd: dict[str, torch.Tensor] | None) -> None:
+        """Refuse to export what a phase did not really train: non-finite weights (rank 0 checks its full
+        state dict, every rank gets the verdict) or every step skipped as non-finite."""
+        bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())] if sd else []
+        bad = broadcast_object(bad)
+        advice = (f"lower the learning rate ({self.name}.lr, or train.lr for every phase), check the data, and "
+                  f"train the phase again: delete {self.work_dir}, or start a new run directory")
+        if bad:
+            raise NonFiniteWeightsError(
+                f"phase {self.name}: the trained weights hold NaN/inf in {len(bad)} tensors (e.g. {bad[0]}) after "
+                f"{self.step} steps, {self.skipped} of them skipped as non-finite (train.nan_policy="
+                f"{self.cfg.nan_policy}); nothing was exported. To fix: {advice}")
+        if self.skipped and self.skipped >= self.step:
+            raise NonFiniteWeightsError(
+                f"phase {self.name}: all {self.step} steps had a non-finite loss or gradient and were skipped "
+                f"(train.nan_policy=skip): nothing was trained, nothing was exported. To fix: {advice}")
+
     def export(self) -> None:
         sd = self.backend.full_state_dict("strong")
+        self.check_finite_result(sd)
         if self.dist.is_main:
             dtype = export_dtype(self.strong_path)
             sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
@@ -298,19 +332,30 @@ def train_phase(
     log_path: Path,
     weak_model: str | Path | None = None,
     tokenizer_path: str | Path | None = None,
+    fingerprint: str | None = None,
 ) -> TrainSummary:
     """Train one phase and export the strong model as a plain HF checkpoint at `export_dir`.
 
-    Resumes from the latest complete checkpoint in `work_dir` (the log is cut back to it); returns at once when
-    `export_dir` already holds a complete checkpoint. Under torchrun every rank calls this; rank 0 writes the
-    log and the export.
+    Resumes from the newest checkpoint in `work_dir` that verifies (the log is cut back to it); returns at once
+    when `export_dir` already holds a complete checkpoint, and exports from the final checkpoint without training
+    when the phase was finished and its checkpoints keep model weights only (train.drop_optimizer_state).
+    `fingerprint` (the pipeline's digest of the phase's config and inputs) is stamped into every checkpoint, and
+    a checkpoint with another one is refused. Under torchrun every rank calls this; rank 0 writes the log and the
+    export.
     """
     export_dir, log_path, work_dir = Path(export_dir), Path(log_path), Path(work_dir)
     if is_complete_hf_checkpoint(export_dir):
         return _summary_from_log(name, export_dir, log_path)
+    finished = finished_checkpoint(work_dir, fingerprint)  # the phase trained to its end, weights kept
+    if finished is not None:
+        if init_distributed().is_main:
+            print(f"{name}: exporting again from its final checkpoint {finished} (the phase is finished)", flush=True)
+            extract_submodel(finished, export_dir)
+        barrier()
+        return _summary_from_log(name, export_dir, log_path)
     trainer = Trainer(name=name, strong_model=strong_model, weak_model=weak_model, dataset=dataset, data=data,
                       train=train, work_dir=work_dir, export_dir=export_dir, log_path=log_path,
-                      tokenizer_path=tokenizer_path)
+                      tokenizer_path=tokenizer_path, fingerprint=fingerprint)
     try:
         return trainer.run()
     finally:

@@ -1,0 +1,71 @@
+"""Branching runs (`wdl run --from DIR --out NEW`): a joint.lam ablation of the finished tiny run takes its
+data, base, scores, SFT model, sampling and the SFT model's eval (hard links), trains and evaluates only the
+new joint model, and ends with the results of a fresh run of the new config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import run_wdl
+from safetensors.torch import load_file
+
+ABLATION = ("joint.lam=0.3", "run.sft_continued=false", "run.eval_base=false")
+REUSED = ["data", "pretrain", "score_base", "sft", "score_sft", "weights", "eval.sft"]
+
+
+def _log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def branch(finished_run, tmp_path_factory):
+    source, _ = finished_run
+    out = tmp_path_factory.mktemp("branch") / "lam03"
+    proc = run_wdl(out, *ABLATION, "--from", str(source))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return source, out, proc
+
+
+def test_branch_reuses_the_phases_the_new_config_shares(branch):
+    source, out, proc = branch
+    for name in REUSED[:-1]:
+        assert f"phase {name}: reused from {source} (hard links)" in proc.stdout, name
+    assert f"eval sft: reused from {source}" in proc.stdout
+    assert "phase joint: reused" not in proc.stdout and "evaluating wmss" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["reused"] == {name: str(source) for name in REUSED}
+    assert "## Reused phases" in (out / "report.md").read_text()
+    # hard links: the SFT model's weights are the source's file; no checkpoints were taken
+    assert (out / "sft" / "model.safetensors").samefile(source / "sft" / "model.safetensors")
+    assert not (out / "work" / "sft").exists() and (out / "work" / "joint").is_dir()
+    assert _log(out / "logs" / "sft.jsonl") == _log(source / "logs" / "sft.jsonl")
+
+
+def test_branch_equals_a_fresh_run_of_the_new_config(branch, tmp_path):
+    _, out, _ = branch
+    fresh = tmp_path / "fresh"
+    proc = run_wdl(fresh, *ABLATION)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["loss"] for r in _log(out / "logs" / "joint.jsonl")] == \
+           [r["loss"] for r in _log(fresh / "logs" / "joint.jsonl")]
+    got, want = load_file(out / "wmss" / "model.safetensors"), load_file(fresh / "wmss" / "model.safetensors")
+    assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in got)
+    def accuracy(run):
+        ev = json.loads((run / "report.json").read_text())["eval"]
+        return {m: {b: (r["accuracy"], r["n"]) for b, r in res.items()} for m, res in ev.items()}
+
+    assert accuracy(out) == accuracy(fresh) and set(accuracy(out)) == {"sft", "wmss"}
+    for model in ("sft", "wmss"):  # the graded samples are the same
+        assert (out / "eval" / model / "synthetic.jsonl").read_text() == \
+               (fresh / "eval" / model / "synthetic.jsonl").read_text()
+
+
+def test_from_needs_a_run_directory(tmp_path, capsys):
+    from wdl.cli import main
+
+    assert main(["run", "--out", str(tmp_path / "new"), "--from", str(tmp_path / "nothing")]) == 2
+    assert f"--from {tmp_path / 'nothing'}: not a run directory with finished phases" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path / "new"), "--copy"]) == 2
+    assert "--copy goes with --from DIR" in capsys.readouterr().err
