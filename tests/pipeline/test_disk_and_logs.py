@@ -6,6 +6,7 @@ in report.json."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -69,6 +70,11 @@ def test_progress_and_setup_in_the_logs(finished_run):
                  "tokenizing pretrain data: 40 records in", "preflight ok disk: up to about",
                  "generating synthetic: 8 prompts in"):
         assert line in proc.stdout, line
+    # scoring's periodic lines (the first one at least) carry the rate and the ETA; the last the total time
+    for model in ("base", "sft"):
+        assert re.search(rf"^scoring {model}: \d+/40 samples \(\d+%\), [\d.e+]+ samples/s, elapsed \d\d:\d\d, "
+                         r"ETA \d\d:\d\d$", proc.stdout, re.M), model
+        assert re.search(rf"^scoring {model}: 40 samples in \d\d:\d\d \([\d.e+]+ samples/s\)$", proc.stdout, re.M)
     assert "torch.distributed is disabled" not in proc.stderr  # no warning per checkpoint save
     env = json.loads((out / "report.json").read_text())["environment"]
     assert env["world_size"] == 1 and env["backend"] == "single" and env["process_group"] == "none"

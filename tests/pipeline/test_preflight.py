@@ -3,6 +3,7 @@ the presets' eval from local files, offline; the progress reporter's log lines."
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -98,6 +99,22 @@ def test_model_folder_without_config(setup, capsys):
     (tmp / "empty").mkdir()
     code, lines = check([*args, f"model.base={tmp / 'empty'}"], capsys)
     assert code == 1 and "no config.json: not a Hugging Face model directory" in problem_lines(lines)[0]
+
+
+def test_tokenizer_without_chat_template(setup, capsys):
+    """A checkpoint whose tokenizer has no chat template: one problem line naming it (the conversations and the
+    eval prompts are rendered through it)."""
+    tmp, args = setup
+    model = shutil.copytree(next(a.split("=", 1)[1] for a in args if a.startswith("model.base=")), tmp / "bare")
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    code, lines = check([*args, f"model.base={model}"], capsys)
+    assert code == 1
+    [line] = problem_lines(lines)
+    assert line.startswith(f"✗  model.base: the tokenizer of {model} has no chat template"), line
+    assert "fix: model.base=" in line
 
 
 def test_missing_data_and_bad_record(setup, capsys):
@@ -232,11 +249,40 @@ def test_readme_tables_are_the_footprint_estimates():
 
 
 def test_estimates_match_the_presets_comments():
-    from wdl.footprint import qwen3_size
+    """Every "about N GiB" in a Qwen3 preset's comment is a cell of that preset's rows in the README's tables
+    (the same estimates, wdl/footprint.py), and the comment says it is an estimate."""
+    import re
 
+    from pipeline_helpers import REPO
+
+    from wdl.footprint import preset_tables, qwen3_size
+
+    rows = {}
+    for line in preset_tables().splitlines():
+        if line.startswith("| qwen3-"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows.setdefault(cells[0], set()).update(re.findall(r"([\d.]+) (?:GiB|\+)", " ".join(cells[1:])))
+    for preset, numbers in rows.items():
+        head = "".join(line for line in (REPO / "wdl" / "presets" / f"{preset}.yaml").read_text().splitlines(True)
+                       if line.startswith("#"))
+        stated = re.findall(r"about ([\d.]+) GiB", head)
+        assert stated and set(stated) <= numbers, (preset, stated, sorted(numbers))
+        assert "estimate" in head.lower(), preset
     # the 4b preset's "~120 GiB of weights, gradients and AdamW states" (16 bytes per parameter, two models)
     assert round(2 * 16 * qwen3_size("qwen3-4b").params / 2**30) == 120
-    assert round(2 * 16 * qwen3_size("qwen3-8b").params / 2**30) == 244  # "~245 GiB of training state"
+    assert round(2 * 16 * qwen3_size("qwen3-8b").params / 2**30) == 244  # "~244 GiB of training state"
+
+
+def test_keep_last_is_per_phase(tmp_path):
+    """`sft.keep_last` overrides the shared `train.keep_last` for SFT alone; the disk estimate follows it."""
+    from wdl.footprint import qwen3_size, training_phase_disk
+
+    cfg = load_pipeline_config("qwen3-4b", ["sft.keep_last=1", "joint.keep_last=3"], runnable=False)
+    assert (cfg.sft.keep_last, cfg.joint.keep_last, cfg.pretrain.keep_last) == (1, 3, 2)
+    size = qwen3_size("qwen3-4b")
+    one, two = (training_phase_disk("sft", size, None, c) for c in (cfg.sft, dataclasses.replace(cfg.sft,
+                                                                                                  keep_last=2)))
+    assert two.while_training - one.while_training == 12 * size.params  # one full checkpoint more
 
 
 def test_train_with_the_eval_system_prompt(tmp_path):

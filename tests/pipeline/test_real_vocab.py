@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,11 @@ def test_real_vocabulary_pipeline(qwen3_vocab_run):
     assert "preflight ok model.base:" in proc.stdout and "preflight ok disk:" in proc.stdout
     assert "scoring base: 8 samples in" in proc.stdout and "tokenizing train data: 8 records in" in proc.stdout
     assert "generating held_out: 1 prompts in" in proc.stdout
+    # in a log (not a terminal) the progress is lines with the rate and the ETA: scoring, and every training step
+    assert re.search(r"^scoring base: \d+/8 samples \(\d+%\), [\d.e+]+ samples/s, elapsed [\d:]+, ETA [\d:]+$",
+                     proc.stdout, re.M)
+    for phase in ("sft", "joint"):
+        assert re.search(rf"^{phase} step 1/\d+ loss [\d.]+ .*elapsed [\d:]+ ETA [\d:]+$", proc.stdout, re.M), phase
     assert "torch.distributed is disabled" not in proc.stderr
     assert report["environment"]["world_size"] == 1 and report["environment"]["backend"] == "single"
 
