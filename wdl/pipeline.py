@@ -71,6 +71,7 @@ class Phase:
     marker: Literal["phase", "own", "none"] = "phase"  # own: eval's per-model markers; none: always rerun
     ranks: Literal["all", "main"] = "all"  # main: rank 0 alone, after the other ranks have left
     config: tuple[str, ...] = ()  # the config sections / key paths it reads (its fingerprint covers them)
+    ignores: tuple[str, ...] = ()  # key paths under `config` that cannot change its outputs (left out of it)
 
 
 PHASES = (
@@ -91,7 +92,8 @@ PHASES = (
     Phase("joint", lambda p: p.phase_joint(), ("sft", "base", "resampled", "train_data"), ("wmss",),
           config=("model", "data", "joint")),
     Phase("sft_continued", lambda p: p.phase_sft_continued(), ("sft", "resampled", "train_data"),
-          ("sft_continued",), enabled=lambda c: c.run.sft_continued, config=("model", "data", "joint")),
+          ("sft_continued",), enabled=lambda c: c.run.sft_continued, config=("model", "data", "joint"),
+          ignores=("joint.lam", "joint.freeze_weak")),  # joint's settings without a weak model: a lam sweep reuses it
     Phase("eval", lambda p: p.phase_eval(), ("base", "sft", "sft_continued", "wmss", "eval_data"), ("eval",),
           enabled=lambda c: c.run.eval, marker="own", ranks="main", config=("eval",)),
     Phase("report", lambda p: p.phase_report(), (), ("report",), marker="none", ranks="main"),
@@ -201,12 +203,15 @@ class Pipeline:
             self._config_pending = False
 
     # ------------------------------------------------------------------------- fingerprints and skipping
-    def phase_config(self, keys: tuple[str, ...]) -> dict[str, Any]:
+    def phase_config(self, keys: tuple[str, ...], ignores: tuple[str, ...] = ()) -> dict[str, Any]:
         """The config values under `keys` (sections or key paths), flattened, without the keys that cannot
-        change an artifact (RESUMABLE_CHANGES)."""
+        change an artifact (RESUMABLE_CHANGES) and those under `ignores`."""
         flat = flatten(to_dict(self.cfg))
-        return {k: v for k, v in flat.items()
-                if any(k == key or k.startswith(key + ".") for key in keys)
+
+        def under(k: str, paths: tuple[str, ...]) -> bool:
+            return any(k == key or k.startswith(key + ".") for key in paths)
+
+        return {k: v for k, v in flat.items() if under(k, keys) and not under(k, ignores)
                 and not any(fnmatchcase(k, pat) for pat in RESUMABLE_CHANGES)}
 
     def input_digest(self, name: str) -> str | None:
@@ -223,7 +228,7 @@ class Pipeline:
     def fingerprint(self, phase: Phase) -> Fingerprint:
         """What phase `phase` of this run is a function of (wdl.run_dir.phase_fingerprint)."""
         inputs = {n: d for n in phase.inputs if (d := self.input_digest(n)) is not None}
-        return phase_fingerprint(self.phase_config(phase.config), inputs)
+        return phase_fingerprint(self.phase_config(phase.config, phase.ignores), inputs)
 
     def output_paths(self, phase: Phase) -> dict[str, Path]:
         return {name: getattr(self.paths, name) for name in phase.outputs}

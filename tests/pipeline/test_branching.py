@@ -1,6 +1,7 @@
 """Branching runs (`wdl run --from DIR --out NEW`): a joint.lam ablation of the finished tiny run takes its
-data, base, scores, SFT model, sampling and the SFT model's eval (hard links), trains and evaluates only the
-new joint model, and ends with the results of a fresh run of the new config."""
+data, base, scores, SFT model, sampling, the continued-SFT baseline (no weak model: lam does not reach it) and
+those models' eval (hard links), trains and evaluates only the new joint model, and ends with the results of a
+fresh run of the new config."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 from pipeline_helpers import run_wdl
 from safetensors.torch import load_file
 
-ABLATION = ("joint.lam=0.3", "run.sft_continued=false", "run.eval_base=false")
-REUSED = ["data", "pretrain", "score_base", "sft", "score_sft", "weights", "eval.sft"]
+ABLATION = ("joint.lam=0.3", "run.eval_base=false")
+REUSED_PHASES = ["data", "pretrain", "score_base", "sft", "score_sft", "weights", "sft_continued"]
+REUSED_EVALS = ["eval.sft", "eval.sft_continued"]
 
 
 def _log(path: Path) -> list[dict]:
@@ -30,12 +32,14 @@ def branch(finished_run, tmp_path_factory):
 
 def test_branch_reuses_the_phases_the_new_config_shares(branch):
     source, out, proc = branch
-    for name in REUSED[:-1]:
+    for name in REUSED_PHASES:
         assert f"phase {name}: reused from {source} (hard links)" in proc.stdout, name
-    assert f"eval sft: reused from {source}" in proc.stdout
+    for name in REUSED_EVALS:
+        assert f"eval {name[5:]}: reused from {source}" in proc.stdout, name
     assert "phase joint: reused" not in proc.stdout and "evaluating wmss" in proc.stdout
+    assert "evaluating sft" not in proc.stdout and "evaluating base" not in proc.stdout
     report = json.loads((out / "report.json").read_text())
-    assert report["reused"] == {name: str(source) for name in REUSED}
+    assert report["reused"] == {name: str(source) for name in REUSED_PHASES + REUSED_EVALS}
     assert "## Reused phases" in (out / "report.md").read_text()
     # hard links: the SFT model's weights are the source's file; no checkpoints were taken
     assert (out / "sft" / "model.safetensors").samefile(source / "sft" / "model.safetensors")
@@ -56,8 +60,14 @@ def test_branch_equals_a_fresh_run_of_the_new_config(branch, tmp_path):
         ev = json.loads((run / "report.json").read_text())["eval"]
         return {m: {b: (r["accuracy"], r["n"]) for b, r in res.items()} for m, res in ev.items()}
 
-    assert accuracy(out) == accuracy(fresh) and set(accuracy(out)) == {"sft", "wmss"}
-    for model in ("sft", "wmss"):  # the graded samples are the same
+    assert accuracy(out) == accuracy(fresh) and set(accuracy(out)) == {"sft", "sft_continued", "wmss"}
+    for phase in ("sft", "sft_continued"):  # the reused phases' logs and models equal the fresh run's
+        assert [r["loss"] for r in _log(out / "logs" / f"{phase}.jsonl")] == \
+               [r["loss"] for r in _log(fresh / "logs" / f"{phase}.jsonl")], phase
+        got = load_file(out / phase / "model.safetensors")
+        want = load_file(fresh / phase / "model.safetensors")
+        assert all((got[k] == want[k]).all() for k in want), phase
+    for model in ("sft", "sft_continued", "wmss"):  # the graded samples are the same
         assert (out / "eval" / model / "synthetic.jsonl").read_text() == \
                (fresh / "eval" / model / "synthetic.jsonl").read_text()
 
@@ -69,3 +79,25 @@ def test_from_needs_a_run_directory(tmp_path, capsys):
     assert f"--from {tmp_path / 'nothing'}: not a run directory with finished phases" in capsys.readouterr().err
     assert main(["run", "--out", str(tmp_path / "new"), "--copy"]) == 2
     assert "--copy goes with --from DIR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, differs", [
+    ("joint.lam=0.3", {"joint"}),
+    ("joint.freeze_weak=true", {"joint"}),
+    ("joint.kernel_mode=fast", {"joint", "sft_continued"}),
+    ("sft.lr=2e-5", {"sft"}),
+    ("sampling.alpha=0.2", {"weights"}),
+    ("eval.max_new_tokens=8", set()),  # eval has its own per-model markers
+])
+def test_which_phases_a_change_reaches(change, differs, tmp_path):
+    """The config part of each phase's fingerprint: an ablation reaches the phases that read the key, and no
+    other (a phase's later inputs, e.g. joint's SFT model, add their content digests at run time)."""
+    from wdl.config import load_pipeline_config
+    from wdl.pipeline import PHASES, Pipeline
+
+    def parts(*overrides):
+        pipe = Pipeline(load_pipeline_config(None, list(overrides)), tmp_path / "run")
+        return {p.name: pipe.phase_config(p.config, p.ignores) for p in PHASES}
+
+    base, changed = parts(), parts(change)
+    assert {name for name in base if base[name] != changed[name]} == differs
