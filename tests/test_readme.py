@@ -55,7 +55,9 @@ def test_shell_blocks_name_real_scripts_commands_and_presets():
     from wdl.cli import build_parser
     from wdl.configlib import preset_names
 
-    subcommands = set(next(a for a in build_parser()._actions if a.dest == "command").choices)
+    parser = build_parser()
+    subcommands = set(next(a for a in parser._actions if a.dest == "command").choices)
+    options = {s for a in parser._actions for s in a.option_strings}
     presets = set(preset_names())
     commands = list(shell_commands())
     assert any(words[0] == "wdl" for _, words in commands)  # the check below is not vacuous
@@ -65,7 +67,9 @@ def test_shell_blocks_name_real_scripts_commands_and_presets():
                 path = ROOT / word
                 assert path.is_file() and path.stat().st_mode & 0o111, f"{doc}: {word} is not an executable script"
         preset = None
-        if words[0] == "wdl":
+        if words[0] == "wdl" and words[1].startswith("-"):  # a top-level option: wdl --version
+            assert words[1] in options, f"{doc}: `wdl {words[1]}` is not an option of wdl"
+        elif words[0] == "wdl":
             assert words[1] in subcommands, f"{doc}: `wdl {words[1]}` is not a wdl subcommand"
             preset = words[2] if len(words) > 2 and not words[2].startswith("-") else None
         elif words[0].startswith("scripts/launch_") and len(words) > 1:
