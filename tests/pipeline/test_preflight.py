@@ -285,15 +285,25 @@ def test_keep_last_is_per_phase(tmp_path):
     assert two.while_training - one.while_training == 12 * size.params  # one full checkpoint more
 
 
-def test_train_with_the_eval_system_prompt(tmp_path):
-    """data.system_prompt=eval: the training conversations get the system prompt the models are evaluated with."""
+def test_train_with_the_eval_system_prompt(tmp_path, tiny_model_dir):
+    """data.system_prompt=eval: the training conversations get the system prompt the models are evaluated with
+    (the tokenized samples start with it); by default they have none."""
+    from transformers import AutoTokenizer
+
     from wdl.eval.config import REFERENCE_SYSTEM_PROMPT
 
-    cfg = load_pipeline_config("qwen3-0.6b", [f"data.sources=[{tmp_path / 't.jsonl'}]", "data.system_prompt=eval"])
+    train = tmp_path / "t.jsonl"
+    synthetic.write_chat_jsonl(train, synthetic.make_splits(2, 0, 0, seed=1).train)
+    common = [f"data.sources=[{train}]", f"model.base={tiny_model_dir}", "data.max_length=4096"]
+    cfg = load_pipeline_config("qwen3-0.6b", [*common, "data.system_prompt=eval"])
     pipe = Pipeline(cfg, tmp_path / "run")
     assert pipe.data_config("train").system_prompt == REFERENCE_SYSTEM_PROMPT == cfg.eval.system_prompt_text
-    cfg = load_pipeline_config("qwen3-0.6b", [f"data.sources=[{tmp_path / 't.jsonl'}]"])
-    assert Pipeline(cfg, tmp_path / "run").data_config("train").system_prompt is None  # the default: none
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = tok.decode(pipe.dataset("train")[0]["input_ids"])
+    assert text.startswith(f"<|im_start|>system\n{REFERENCE_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"), text
+    plain = Pipeline(load_pipeline_config("qwen3-0.6b", common), tmp_path / "run2")
+    assert plain.data_config("train").system_prompt is None  # the default: none
+    assert tok.decode(plain.dataset("train")[0]["input_ids"]).startswith("<|im_start|>user\n")
 
 
 def test_config_prints_a_preset_without_data_and_version(capsys):
