@@ -171,6 +171,27 @@ def test_run_refuses_before_any_work(setup, capsys):
     assert not (tmp / "run").exists()
 
 
+@pytest.mark.parametrize("case", ["model", "data", "eval set", "disk"])
+def test_each_problem_stops_the_run_before_any_work(case, setup, capsys, monkeypatch):
+    """`wdl run` with one problem of each kind: one line naming it, exit status 2, no run directory."""
+    tmp, args = setup
+    extra, where = [], {"model": "model.base:", "data": "data.sources:", "eval set": "eval.benchmarks: svamp:",
+                        "disk": "disk:"}[case]
+    if case == "model":
+        extra = [f"model.base={tmp / 'nope'}"]
+    elif case == "data":
+        extra = [f"data.sources=[{tmp / 'nope.jsonl'}]"]
+    elif case == "eval set":
+        shutil.rmtree(tmp / "seed_eval" / "SVAMP")
+    else:
+        monkeypatch.setattr(wdl.preflight, "free_disk_bytes", lambda path: 1 << 20)
+    assert main(["run", *args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert "the preflight found 1 problem(s); nothing was started" in err
+    assert f"✗  {where}" in err, err
+    assert not (tmp / "run").exists()
+
+
 def test_tiny_default_checks(tmp_path, capsys):
     code, lines = check(["--out", str(tmp_path / "run")], capsys)
     assert code == 0 and "ok model.base: tiny: built offline (phase pretrain)" in lines
