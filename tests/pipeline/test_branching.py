@@ -101,3 +101,33 @@ def test_which_phases_a_change_reaches(change, differs, tmp_path):
 
     base, changed = parts(), parts(change)
     assert {name for name in base if base[name] != changed[name]} == differs
+
+
+def test_reuse_copies_or_links_only_what_verifies(finished_run, tmp_path):
+    """wdl.branching.reuse_phase: the marker's fingerprint and every output file must match; copy=True copies
+    (no shared inode), and a refused phase leaves the target untouched."""
+    import shutil
+
+    from wdl.branching import reuse_phase
+    from wdl.run_dir import Fingerprint, RunPaths
+
+    source = RunPaths(shutil.copytree(finished_run[0], tmp_path / "source", symlinks=True))
+    marker = json.loads(source.marker("sft").read_text())
+    fp = Fingerprint.from_json(marker["fingerprint"])
+    outputs, log = {"sft": "sft"}, ("logs/sft.jsonl",)
+
+    copied = RunPaths(tmp_path / "copied")
+    digests, how = reuse_phase(source, copied, "sft", fp, outputs, extra_files=log, copy=True)
+    assert how == "copy" and digests == {"sft": marker["outputs"]["sft"]["digest"]}
+    weights = copied.root / "sft" / "model.safetensors"
+    assert weights.read_bytes() == (source.root / "sft" / "model.safetensors").read_bytes()
+    assert not weights.samefile(source.root / "sft" / "model.safetensors")
+    assert json.loads(copied.marker("sft").read_text())["reused_from"] == str(source.root)
+    assert (copied.root / "logs" / "sft.jsonl").is_file()
+
+    other = Fingerprint(config="0" * 64, inputs=dict(fp.inputs))  # another config: not taken
+    refused = RunPaths(tmp_path / "refused")
+    assert reuse_phase(source, refused, "sft", other, outputs) is None
+    (source.root / "sft" / "config.json").write_text("{}")  # a changed output file: not taken either
+    assert reuse_phase(source, refused, "sft", fp, outputs) is None
+    assert not refused.root.exists()

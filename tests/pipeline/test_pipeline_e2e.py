@@ -166,6 +166,8 @@ def test_torchrun_two_ranks_fsdp2_matches_one_process(finished_run, tmp_path):
         assert max(abs(a - b) for a, b in zip(got, want)) < 1e-5, phase
     report = json.loads((out / "report.json").read_text())
     assert set(report["eval"]) == {"base", "sft", "sft_continued", "wmss"}
+    env = report["environment"]  # how it ran: two processes, FSDP2 over gloo
+    assert env["world_size"] == 2 and env["backend"] == "fsdp2" and env["process_group"] == "gloo", env
     assert (out / "sampling" / "resampled.json").read_text() == (reference / "sampling" / "resampled.json").read_text()
 
 
