@@ -91,6 +91,8 @@ class TrainSetup:
     """One (model, mode, path, AC) setting: models + backend built once, stepped at several sequence lengths."""
 
     def __init__(self, args, model: str, mode: str, path: str, ac: bool, device: torch.device):
+        # Here, not at the top: wdl.train imports `datasets`, which the benchmark GPU machines do not have;
+        # the module's report and plotting paths must import without it.
         from wdl.distributed import init_distributed
         from wdl.models import FusedMixedCrossEntropy, JointModel
         from wdl.models.loading import enable_activation_checkpointing, pick_attn_implementation

@@ -20,6 +20,7 @@ from dataclasses import fields
 import torch
 import wdl_kernels
 from wdl_kernels.backends import interpreter_active, registered_backends, triton_available
+from wdl_kernels.torch_backend import TorchBackend
 
 from bench.cases import LossCase, LossInputs, StepOut
 from bench.flop_count import counted_flops
@@ -136,8 +137,6 @@ class Ours(Impl):
     def count_flops(self, case, inp):
         if self.engine != "torch":
             return None  # Triton's tile GEMMs are invisible to torch's counter
-        from wdl_kernels.torch_backend import TorchBackend
-
         return counted_flops(case, inp, self.kernel_mode, self.backend or TorchBackend())
 
     def _call(self, case, inp, **kw):

@@ -8,8 +8,8 @@ instruction selection before a GPU run.
 
     python scripts/check_sm90.py [--json OUT.json]
 
-It checks the Triton installed here; the GPU image may carry another (3.6 where this was written). To check
-against that one without a GPU: `pip install --no-deps --target /tmp/t36 triton==3.6.0` and run this script
+It checks the Triton installed here; the H100/H200 machines this project benchmarks on carry Triton 3.6.
+To check against that one without a GPU: `pip install --no-deps --target /tmp/t36 triton==3.6.0` and run this script
 with `PYTHONPATH=/tmp/t36` (that is how the fp32 tile, K >= 16 before Triton 3.7, was found).
 tests/kernels/test_sm90_compile.py runs it in CI.
 """

@@ -10,7 +10,7 @@ from . import op  # noqa: F401  (registers the wdl_kernels:: custom ops)
 from .backends import resolve_impl
 from .options import MODES, LossOptions
 from .stats import MixedCEStats
-from .validation import check_bias, check_inputs, check_num_items
+from .validation import check_bias, check_inputs, check_num_items, check_token_chunk
 
 
 class MixedCEOutput(NamedTuple):
@@ -51,6 +51,7 @@ def mixed_linear_cross_entropy(
     num_items: float | torch.Tensor | None = None,
     return_lse: bool = False,
     validate: bool = True,
+    token_chunk: int | None = None,
 ) -> MixedCEOutput:
     """Cross-entropy of mixed logits, never holding an [N, V] tensor.
 
@@ -67,8 +68,10 @@ def mixed_linear_cross_entropy(
     mode: "lean" (default) recomputes the logits in the backward and keeps extra memory small (lean.py);
     "fast" computes the gradients during the forward, 6NVH of GEMM work instead of 8NVH, at the cost of one
     [chunk, V] workspace and, for batches over one chunk, fp32 dW accumulators (fast.py). Fast needs a scalar
-    upstream: with reduction="none" or return_lse=True lean runs. validate=False skips the label-range check
-    (a label outside [0, V) then gives its row a NaN loss).
+    upstream: with reduction="none" or return_lse=True lean runs. token_chunk: fast mode's rows per chunk
+    (None: the backend's default; Triton: the whole batch when its [N, V] workspace fits in 1.5 GiB, else
+    4096 rows; torch: 128 MiB fp32 blocks). Smaller chunks trade speed for a smaller [chunk, V] workspace.
+    validate=False skips the label-range check (a label outside [0, V) then gives its row a NaN loss).
     """
     args = check_inputs(hidden, weight, labels, weak_hidden, weak_weight)
     opts = LossOptions(lam=lam, ignore_index=ignore_index, reduction=reduction, temperature=temperature,
@@ -80,6 +83,7 @@ def mixed_linear_cross_entropy(
     bias = check_bias("bias", bias, vocab, device)
     weak_bias = check_bias("weak_bias", weak_bias, vocab, device, head_given=args.weak_hidden is not None)
     num_items_tensor, num_items_value = check_num_items(num_items, reduction, device)
+    check_token_chunk(token_chunk)
     backend = resolve_impl(impl, device)
     run_fast = choose_mode(mode, reduction, return_lse) == "fast"
 
@@ -89,6 +93,7 @@ def mixed_linear_cross_entropy(
     loss, _divisor, lse, *rest = torch.ops.wdl_kernels.mixed_ce(
         args.hidden, args.weight, args.labels, args.weak_hidden, args.weak_weight, bias, weak_bias,
         num_items_tensor, num_items_value, opts.lam, opts.ignore_index, opts.reduction, opts.temperature,
-        opts.softcap, opts.z_loss, opts.label_smoothing, return_stats, backend, run_fast, needs, validate)
+        opts.softcap, opts.z_loss, opts.label_smoothing, return_stats, backend, run_fast, needs, validate,
+        token_chunk or 0)
     stats = MixedCEStats(lse.detach(), *rest[:6]) if return_stats else None
     return MixedCEOutput(loss, stats, lse if return_lse else None)

@@ -27,14 +27,15 @@ from .problem import Backend, Problem
 from .stats import MixedCEStats, Partials, finalize_stats
 
 
-def forward_with_grads(prob: Problem, backend: Backend, with_stats: bool, needs, biases,
-                       divisor: torch.Tensor) -> tuple[MixedCEStats, torch.Tensor, list[torch.Tensor | None]]:
-    """(stats, row_loss, grads) where grads are d(sum of row losses / divisor) for an upstream of 1."""
+def forward_with_grads(prob: Problem, backend: Backend, with_stats: bool, needs, biases, divisor: torch.Tensor,
+                       token_chunk: int = 0) -> tuple[MixedCEStats, torch.Tensor, list[torch.Tensor | None]]:
+    """(stats, row_loss, grads) where grads are d(sum of row losses / divisor) for an upstream of 1.
+    token_chunk: rows per chunk (0: the backend's default, sized by its workspace rule)."""
     n, vocab, dev = prob.n, prob.vocab, prob.hidden.device
     heads = heads_needing_grads(prob, needs)
     outputs = grad_outputs(prob, needs, biases, heads)
     need_db = [needs[4] and prob.use_strong, needs[5] and prob.use_weak]
-    token_chunk = backend.fast_token_chunk(prob)
+    token_chunk = min(n, token_chunk) if token_chunk > 0 else backend.fast_token_chunk(prob)
     one_chunk = token_chunk >= n
     # G is stored times grad_scale and without the temperature's 1/T; the mean's 1/N is in the divisor.
     scale = 1.0 / (divisor * (backend.grad_scale(prob) * prob.opts.temperature))

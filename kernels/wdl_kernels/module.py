@@ -8,6 +8,7 @@ from torch import nn
 from .api import MixedCEOutput, choose_mode, mixed_linear_cross_entropy
 from .backends import BUILTIN, registered_backends
 from .options import LossOptions
+from .validation import check_token_chunk
 
 
 class MixedLinearCrossEntropy(nn.Module):
@@ -22,7 +23,7 @@ class MixedLinearCrossEntropy(nn.Module):
     def __init__(self, lam: float = 0.5, *, ignore_index: int = -100, reduction: str = "mean",
                  return_stats: bool = False, impl: str = "auto", mode: str = "lean", temperature: float = 1.0,
                  softcap: float | None = None, z_loss: float = 0.0, label_smoothing: float = 0.0,
-                 return_lse: bool = False, validate: bool = True):
+                 return_lse: bool = False, validate: bool = True, token_chunk: int | None = None):
         super().__init__()
         opts = LossOptions(lam=lam, ignore_index=ignore_index, reduction=reduction, temperature=temperature,
                            softcap=0.0 if softcap is None else softcap, z_loss=z_loss,
@@ -32,9 +33,11 @@ class MixedLinearCrossEntropy(nn.Module):
         if impl not in BUILTIN and impl not in registered_backends():
             raise ValueError(f"impl must be one of {BUILTIN} or a name given to register_backend, got {impl!r}")
         choose_mode(mode, reduction, return_lse)  # validates mode
+        check_token_chunk(token_chunk)
         self.options = dict(lam=opts.lam, ignore_index=ignore_index, reduction=reduction, return_stats=return_stats,
                             impl=impl, mode=mode, temperature=opts.temperature, softcap=softcap, z_loss=opts.z_loss,
-                            label_smoothing=opts.label_smoothing, return_lse=return_lse, validate=validate)
+                            label_smoothing=opts.label_smoothing, return_lse=return_lse, validate=validate,
+                            token_chunk=token_chunk)
 
     def forward(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                 weak_hidden: torch.Tensor | None = None, weak_weight: torch.Tensor | None = None,

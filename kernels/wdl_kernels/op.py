@@ -69,7 +69,7 @@ def mixed_ce(
     bias: Optional[Tensor], weak_bias: Optional[Tensor], num_items: Optional[Tensor], num_items_value: float,
     lam: float, ignore_index: int, reduction: str, temperature: float, softcap: float, z_loss: float,
     label_smoothing: float, with_stats: bool, backend: str, fast_mode: bool, needs: Sequence[bool],
-    validate: bool,
+    validate: bool, token_chunk: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
            Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     with torch.autocast(hidden.device.type, enabled=False):
@@ -81,7 +81,8 @@ def mixed_ce(
                                                    ("weak_hidden", weak_hidden), ("weak_weight", weak_weight)])
         divisor = _divisor(labels, opts, num_items, num_items_value)
         if fast_mode and any(needs):
-            stats, row_loss, grads = fast.forward_with_grads(prob, be, with_stats, needs, (bias, weak_bias), divisor)
+            stats, row_loss, grads = fast.forward_with_grads(prob, be, with_stats, needs, (bias, weak_bias), divisor,
+                                                             token_chunk)
         else:
             stats, row_loss = lean.forward(prob, be, with_stats)
             grads = [None] * GRAD_SLOTS
@@ -92,7 +93,7 @@ def mixed_ce(
 @mixed_ce.register_fake
 def _(hidden, weight, labels, weak_hidden, weak_weight, bias, weak_bias, num_items, num_items_value, lam,
       ignore_index, reduction, temperature, softcap, z_loss, label_smoothing, with_stats, backend, fast_mode,
-      needs, validate):
+      needs, validate, token_chunk):
     n = hidden.shape[0]
     f32 = dict(dtype=torch.float32, device=hidden.device)
     loss = hidden.new_empty((n,) if reduction == "none" else (), **f32)
@@ -135,13 +136,13 @@ def _(hidden, weight, labels, weak_hidden, weak_weight, bias, weak_bias, lse, di
 
 # --- autograd ----------------------------------------------------------------------------------------
 _GRAD_INPUTS = (0, 1, 3, 4, 5, 6)  # positions of hidden, weight, weak_hidden, weak_weight, bias, weak_bias
-_N_INPUTS = 21
+_N_INPUTS = 22
 
 
 def _setup_context(ctx, inputs, output):
     (hidden, weight, labels, weak_hidden, weak_weight, bias, weak_bias, _num_items, _num_items_value, lam,
      ignore_index, reduction, temperature, softcap, z_loss, label_smoothing, _with_stats, backend, fast_mode,
-     needs, _validate) = inputs
+     needs, _validate, _token_chunk) = inputs
     loss, divisor, lse, *rest = output
     stats, grads = rest[: N_STATS - 1], rest[N_STATS - 1:]
     ctx.fast_mode = bool(fast_mode and any(needs))

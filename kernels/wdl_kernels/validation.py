@@ -140,3 +140,10 @@ def check_num_items(num_items, reduction: str, device: torch.device) -> tuple[to
         raise ValueError("num_items must be a positive number (e.g. the global count of label tokens), "
                          f"got {num_items!r}")
     return None, float(num_items)
+
+
+def check_token_chunk(token_chunk) -> None:
+    if token_chunk is not None and (isinstance(token_chunk, bool) or not isinstance(token_chunk, int)
+                                    or token_chunk < 1):
+        raise ValueError(f"token_chunk must be a positive int (rows per fast-mode chunk) or None for the "
+                         f"backend's default, got {token_chunk!r}")

@@ -133,9 +133,9 @@ def tolerances(case: Case) -> tuple[float, float, float]:
     return 1e-2, 5e-3, 1e-3 * logit_scale  # fp16/bf16: dL/dz is rounded to the input dtype for the GEMMs
 
 
-def check_against_reference(case: Case, impl: str, device="cpu"):
+def check_against_reference(case: Case, impl: str, device="cpu", **extra):
     ref, ours, labels, upstream = make_inputs(case, device)
-    out = run_ours(ours, labels, case, impl, upstream)
+    out = run_ours(ours, labels, case, impl, upstream, **extra)
     ref_loss, ref_stats = run_reference(ref, labels, case, upstream)
     rtol, frac, floor = tolerances(case)
     assert out.loss.dtype == torch.float32

@@ -72,6 +72,24 @@ def test_fast_and_lean_agree(impl):
         torch.testing.assert_close(a, b, rtol=2e-6, atol=2e-7)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("token_chunk", [1, 5, 37, 1000])
+def test_fast_token_chunk_is_exact_and_sets_the_chunks(impl, token_chunk, monkeypatch):
+    backend_type = type(wdl_kernels.backends.backend_for(impl, torch.device("cpu"), []))
+    calls = []
+    original = backend_type.fast_block
+
+    def counting(self, prob, r0, r1, *args, **kwargs):
+        calls.append((r0, r1))
+        return original(self, prob, r0, r1, *args, **kwargs)
+
+    monkeypatch.setattr(backend_type, "fast_block", counting)
+    case = Case(mode="fast", bias=True, label_smoothing=0.1)
+    check_against_reference(case, impl, token_chunk=token_chunk)
+    step = min(token_chunk, case.n)
+    assert calls == [(r0, min(case.n, r0 + step)) for r0 in range(0, case.n, step)]
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("impl", IMPLS)
 def test_all_ignored_is_zero_not_nan(impl, mode):

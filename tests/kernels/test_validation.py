@@ -53,6 +53,9 @@ def inputs(**over):
         ({}, dict(num_items=torch.ones(2)), "num_items must be a number or a one-element tensor"),
         ({}, dict(num_items=3, reduction="none"), "not 'none'"),
         ({}, dict(ignore_index=1.5), "ignore_index must be an int"),
+        ({}, dict(token_chunk=0, mode="fast"), "token_chunk must be a positive int"),
+        ({}, dict(token_chunk=2.5, mode="fast"), "token_chunk must be a positive int"),
+        ({}, dict(token_chunk=True, mode="fast"), "token_chunk must be a positive int"),
     ],
 )
 def test_bad_input_raises_value_error(over, kwargs, message):
@@ -95,7 +98,7 @@ def test_autocast_mixed_dtypes_are_cast_like_linear():
 
 
 @pytest.mark.parametrize("kwargs,message", [(dict(lam=-0.1), "lam"), (dict(reduction="x"), "reduction"),
-                                            (dict(impl="x"), "impl")])
+                                            (dict(impl="x"), "impl"), (dict(token_chunk=0), "token_chunk")])
 def test_module_validates_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MixedLinearCrossEntropy(**kwargs)
