@@ -38,12 +38,15 @@ from wdl import synthetic
 from wdl.branching import check_source, reuse_phase
 from wdl.config import PipelineConfig, flatten, to_dict
 from wdl.data import load_records, tokenize_records
+from wdl.data.records import check_sources
 from wdl.distributed import barrier, broadcast_object, init_distributed, leave_distributed, process_group_backend
 from wdl.eval import BenchmarkSpec, evaluate_model
+from wdl.eval.data import benchmark_file
 from wdl.eval.runner import evaluate_in_subprocess
 from wdl.footprint import fmt_bytes
 from wdl.io import atomic_directory, atomic_write_json, read_json, read_jsonl, remove_stale_temporaries, writing
 from wdl.lock import RunDirectoryInUse, RunLock, describe_holder
+from wdl.manifest import sha256_file
 from wdl.models import check_model_source, generation_config_for, is_complete_hf_checkpoint
 from wdl.preflight import Finding, PreflightError, preflight
 from wdl.progress import Progress
@@ -320,8 +323,8 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------- the run directory
     def check_model_sources(self) -> None:
-        """Every model the config names can be loaded (local files complete, or a cached / reachable hub name);
-        rank 0 looks, every rank gets the verdict."""
+        """Every model the config names can be loaded (local files complete, or a cached / reachable hub name),
+        and every local data file exists; rank 0 looks, every rank gets the verdict."""
         problem = None
         if self.dist.is_main:
             named = {} if self.cfg.model.is_tiny else {"model.base": self.cfg.model.base}
@@ -332,6 +335,8 @@ class Pipeline:
             try:
                 for what, name in named.items():
                     check_model_source(name, what)
+                if not self.cfg.synthetic.enabled:
+                    check_sources(self.cfg.data.sources)  # a mistyped data path: refused before any work
             except ValueError as e:
                 problem = str(e)
         problem = broadcast_object(problem)
@@ -383,12 +388,20 @@ class Pipeline:
             if lock is not None:
                 lock.release()
 
+    def nothing_done(self) -> bool:
+        """No phase completed and no training checkpoint was written here: nothing depends on the recorded config
+        and data yet."""
+        return not any(self.paths.markers.glob("*.json")) and not any(self.paths.root.glob("work/*/step-*"))
+
     def prepare_run_dir(self) -> None:
         """Write config.yaml on a new run; on a resumed one, refuse a config that would change its artifacts.
         Record the training data's fingerprints (own data files), or refuse a change of their content."""
         outcome = None
         if self.dist.is_main:
             try:
+                if self.nothing_done():  # a start that failed before any result: the config may change
+                    for record in (self.paths.config, self.paths.data_sources):
+                        record.unlink(missing_ok=True)
                 changes = config_changes(self.paths, self.cfg)
                 if changes is None and any(self.paths.markers.glob("*.json")):
                     self._config_pending = True  # config.yaml was lost: written once the markers have been checked
@@ -566,13 +579,24 @@ class Pipeline:
         models["wmss"] = str(self.paths.wmss)
         return models
 
-    def eval_fingerprint(self, name: str, path: str, settings: dict) -> Fingerprint:
+    def eval_fingerprint(self, name: str, path: str, settings: dict, sets: dict[str, str] | None = None
+                         ) -> Fingerprint:
         """Eval of model `name`: the eval settings that change results, the model's content (a run artifact) or
-        name, and the synthetic eval set's content."""
-        inputs = {"model": self.output_digests.get(name, path)}
+        name, the synthetic eval set's content and `sets` (benchmark_digests: each local set's content)."""
+        inputs = {"model": self.output_digests.get(name, path), **(sets or {})}
         if "eval_data" in self.output_digests:
             inputs["eval_data"] = self.output_digests["eval_data"]
         return phase_fingerprint(flatten(settings, "eval"), inputs)
+
+    def benchmark_digests(self, ev) -> dict[str, str]:
+        """"set NAME" -> the SHA-256 of each local benchmark file (an edited set is evaluated again for every
+        model, so the report never compares models on different versions of a set)."""
+        out = {}
+        for spec in ev.benchmarks:
+            file = benchmark_file(spec, ev)
+            if file is not None and file.is_file() and file.resolve() != self.paths.eval_data.resolve():
+                out[f"set {spec.name}"] = f"sha256:{sha256_file(file)}"
+        return out
 
     def phase_eval(self) -> None:
         ev = self.eval_config()
@@ -581,8 +605,9 @@ class Pipeline:
         # so that a branch of this run (--from) can take the results of models it shares
         settings["benchmarks"] = [{**b, "path": "eval_data"} if b["path"] == str(self.paths.eval_data) else b
                                   for b in settings["benchmarks"]]
+        sets = self.benchmark_digests(ev)
         for name, path in self.eval_models().items():
-            fp = self.eval_fingerprint(name, path, settings)
+            fp = self.eval_fingerprint(name, path, settings, sets)
             out_dir = self.paths.eval / name
             if check_marker(self.paths, f"eval.{name}", fp, {"eval": out_dir}).ok:
                 self.console.print(f"[dim]eval {name}: complete, skipped[/dim]")

@@ -27,6 +27,7 @@ import yaml
 
 from wdl import footprint
 from wdl.data.records import RecordError, normalize
+from wdl.data.records import check_sources as check_local_sources
 from wdl.data.tokenize import assistant_spans, end_of_turn_marker
 from wdl.eval import EvalConfig, load_benchmark
 from wdl.models import check_model_source
@@ -160,7 +161,9 @@ def check_sources(data, tokenizer) -> list[Finding]:
             findings.append(Finding("data.sources", False, f"{s} is a directory", "list its .jsonl/.json files"))
             continue
         if not p.exists():
-            if p.suffix in (".json", ".jsonl") or os.sep in s:
+            try:
+                check_local_sources([s])  # the loader's rule: a path (it does not exist) or a hub dataset name
+            except ValueError:
                 findings.append(Finding("data.sources", False, f"{s} does not exist", fix_missing))
             else:
                 findings.append(Finding("data.sources", True, f"{s}: a Hugging Face dataset (read at run time)"))

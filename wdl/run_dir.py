@@ -342,11 +342,15 @@ def check_data_sources(paths: RunPaths, current: Mapping[str, str], *, allow_cha
     if not paths.data_sources.is_file():
         atomic_write_json(paths.data_sources, {"fingerprint": current, "content": current, "changes": []})
         return _sha256_json(current)
+    fix = "restore it, or start a new run with another --out"
     try:
-        record = read_json(paths.data_sources, fix="restore it, or start a new run with another --out")
+        record = read_json(paths.data_sources, fix=fix)
         fingerprint, content = dict(record["fingerprint"]), dict(record["content"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise PipelineError(f"{paths.data_sources}: not a data-source record ({e})") from None
+    except ValueError as e:  # read_json's message names the file, the line and the fix
+        raise PipelineError(str(e)) from None
+    except (KeyError, TypeError):
+        raise PipelineError(f"{paths.data_sources}: not a data-source record (a JSON object with fingerprint and "
+                            f"content): {fix}") from None
     if current != content:
         changed = [s for s in sorted(set(current) | set(content)) if current.get(s) != content.get(s)]
         if not allow_change:

@@ -93,15 +93,22 @@ def sampling_weights(
     dh = h_strong - h_weak
     drop = np.maximum(-dh, 0.0)  # strong is more certain than weak: "consolidation"
     rise = np.maximum(dh, 0.0)  # strong is less certain than weak: "regression repair"
-    if scheme == "v1":
-        scores = (
-            a * h_weak / (h_weak.sum() or _ZERO_SUM)
-            + b * drop / (drop.sum() or _ZERO_SUM)
-            + c * rise / (rise.sum() or _ZERO_SUM)
-        )
-    else:
-        scores = a * drop + b * h_strong + c * rise
-    return _normalise(scores)
+
+    def scores(a: float, b: float, c: float) -> np.ndarray:
+        if scheme == "v1":
+            return (
+                a * h_weak / (h_weak.sum() or _ZERO_SUM)
+                + b * drop / (drop.sum() or _ZERO_SUM)
+                + c * rise / (rise.sum() or _ZERO_SUM)
+            )
+        return a * drop + b * h_strong + c * rise
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = scores(a, b, c)
+        if not np.isfinite(s.sum()):  # huge coefficients overflowed: p is the same for (a, b, c) / max
+            top = max(a, b, c)
+            s = scores(a / top, b / top, c / top)
+    return _normalise(s)
 
 
 def brownboost_weights(
@@ -152,10 +159,31 @@ def brownboost_weights(
     trend = np.clip(1.0 + 0.5 * improvement / (improvement.std() + _EPS), 0.1, 10.0)  # np.std: ddof=0
     n_hard = (e0 > tau_h).astype(np.int64) + (e1 > tau_h) + (e2 > tau_h)
     n_easy = (e0 < tau_e).astype(np.int64) + (e1 < tau_e) + (e2 < tau_e)
-    time_penalty = np.exp(-lt * np.maximum(0, n_hard - patience))
-    easy_penalty = np.exp(-le * np.maximum(0, n_easy - easy_patience))
-    w = np.maximum(difficulty**a * trend**b * time_penalty**c * easy_penalty, _EPS)
+    k_hard = np.maximum(0, n_hard - patience)
+    k_easy = np.maximum(0, n_easy - easy_patience)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        time_penalty = np.exp(-lt * k_hard)
+        easy_penalty = np.exp(-le * k_easy)
+        w = np.maximum(difficulty**a * trend**b * time_penalty**c * easy_penalty, _EPS)
+        if not np.isfinite(w.sum()):  # huge exponents overflowed: the same weights, computed from their logs
+            w = _brownboost_from_logs(
+                [a * np.log(difficulty), b * np.log(trend), _times(c, -_times(lt, k_hard)), -_times(le, k_easy)]
+            )
     return _normalise(w)
+
+
+def _times(x: float, k: np.ndarray) -> np.ndarray:
+    """x * k, 0 where k == 0 (whatever x), at most 1e300 in magnitude (so that sums of a few stay finite)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(k == 0, 0.0, np.clip(x * k, -1e300, 1e300))
+
+
+def _brownboost_from_logs(log_terms: list[np.ndarray]) -> np.ndarray:
+    """max(prod_i exp(log_terms[i]), _EPS) up to a common factor, without overflow: shifted by the largest log."""
+    log_w = sum(np.clip(t, -1e300, 1e300) for t in log_terms)
+    top = log_w.max()
+    floor = np.exp(min(np.log(_EPS) - top, 0.0))  # _EPS / exp(top), capped at 1 (then every weight is the floor)
+    return np.maximum(np.exp(log_w - top), floor)
 
 
 @dataclass(frozen=True)

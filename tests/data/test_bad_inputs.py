@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +97,35 @@ def test_a_huge_record_is_not_tokenized_whole(tmp_path, make_cfg, tiny_tokenizer
     seen.clear()
     ds, report = tokenize_records(load_records(drop), tiny_tokenizer, drop)
     assert ds["idx"] == [3] and report.dropped_overlong == 2 and max(seen) <= bound
+
+
+_RSS_PROBE = """
+import json, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))  # a regression fails here instead of filling the machine
+from wdl.data import DataConfig, load_records, tokenize_records
+from wdl.tiny import build_tokenizer
+tok, tmp = build_tokenizer(vocab_size=512), Path(sys.argv[1])
+path = tmp / "d.jsonl"
+with path.open("w") as f:  # one 52 MB record (the issue's case) and a short one
+    f.write(json.dumps({"idx": 1, "question": "q?", "answer": "word " * (52_000_000 // 5)}) + "\\n")
+    f.write(json.dumps({"idx": 2, "question": "q?", "answer": "short"}) + "\\n")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cfg = DataConfig(sources=[str(path)], cache_dir=str(tmp / "c"), max_length=256, tokens_per_micro_batch=512)
+ds, report = tokenize_records(load_records(cfg), tok, cfg)
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"grew_mib": grew // 1024, "lengths": list(ds["length"]), "truncated": report.truncated}))
+"""
+
+
+def test_a_52_mb_record_stays_in_bounded_memory(tmp_path):
+    """The issue's case end to end in a fresh process (peak RSS is per process): reading, caching and
+    tokenizing a 52 MB record with max_length=256 grows the peak RSS by far less than 1 GiB (it was 13 GB)."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(tmp_path)], cwd=root, capture_output=True, text=True,
+                         timeout=300, env={"PYTHONPATH": f"{root}:{root / 'kernels'}", "HF_HUB_OFFLINE": "1",
+                                           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["lengths"][0] == 256 and result["truncated"] == 1
+    assert result["grew_mib"] < 1024, result

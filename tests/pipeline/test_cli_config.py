@@ -96,6 +96,11 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
     out = tmp_path / "run"
     Pipeline(load_pipeline_config(None, ["sft.lr=0.001"]), out).prepare_run_dir()
     assert (out / "config.yaml").is_file()
+    # nothing completed yet (a start that failed, e.g. on a bad record): the config may still change
+    Pipeline(load_pipeline_config(None, ["sft.lr=0.003"]), out).prepare_run_dir()
+    assert "lr: 0.003" in (out / "config.yaml").read_text()
+    Pipeline(load_pipeline_config(None, ["sft.lr=0.001"]), out).prepare_run_dir()
+    (out / "work" / "sft" / "step-2").mkdir(parents=True)  # from now on a result depends on the config
     # keys that cannot change an artifact may differ (eval settings, logging, the optional baseline)
     Pipeline(load_pipeline_config(None, ["sft.lr=0.001", "sft.log_every=5", "run.sft_continued=false"]),
              out).prepare_run_dir()

@@ -282,3 +282,43 @@ def test_bad_values_fail_before_any_work(tmp_path, capsys, override, message):
     if not override.startswith(("trian", "sft.lr.x", "data.sources")):
         assert f"override '{override}': " in err  # blamed on the override, never on the preset file
     assert not out.exists()
+
+
+def test_an_edited_eval_set_is_evaluated_again_for_every_model(tmp_path):
+    bench = tmp_path / "mine.jsonl"
+    bench.write_text('{"question": "1+1?", "answer": "2"}\n')
+    cfg = load_pipeline_config(None, [*SHORT, f"eval.benchmarks=[{{name: mine, path: {bench}, format: qa}}]"])
+    pipe = Pipeline(cfg, tmp_path / "run")
+    ev = pipe.eval_config()
+    settings = {"x": 1}
+    before = pipe.eval_fingerprint("sft", "m", settings, pipe.benchmark_digests(ev))
+    assert list(pipe.benchmark_digests(ev)) == ["set mine"]  # the synthetic set is covered by the data phase
+    bench.write_text('{"question": "1+1?", "answer": "3"}\n')  # same path, same size
+    after = pipe.eval_fingerprint("sft", "m", settings, pipe.benchmark_digests(ev))
+    assert before.differences(after) == ["input set mine"]
+
+
+def test_data_paths_and_a_failed_start(finished_run, tmp_path, capsys, monkeypatch):
+    import datasets
+
+    data, args = _own_data_args(finished_run, tmp_path)
+    base = [a for a in args if not a.startswith("data.sources")]
+    # a mistyped path: refused before any work (no run directory, nothing recorded)
+    assert _run(tmp_path / "typo", *base, f"data.sources=[{tmp_path / 'mine.jsnl'}]", command="score") == 2
+    assert f"wdl score: error: data.sources: {tmp_path / 'mine.jsnl'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
+    # a hub name (org/name) is a dataset, not a path; offline it is one line naming it
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    assert _run(tmp_path / "hub", *base, "data.sources=[someorg/no-such-set]", command="score") == 2
+    err = capsys.readouterr().err
+    assert "data.sources: someorg/no-such-set: not a local file, and the Hugging Face dataset could not be loaded" \
+           in err and "Traceback" not in err
+    # a bad record stops the first start; after fixing it (same path) the run starts: nothing depended on it yet
+    good = data.read_text()
+    data.write_text(good.replace('"idx": 3', '"idx": -3', 1))
+    out = tmp_path / "own"
+    assert _run(out, *args, command="score") == 2
+    assert f"{data}:" in capsys.readouterr().err
+    data.write_text(good)
+    assert _run(out, *args, "data.on_bad_record=skip", command="score") == 0  # a new config is taken too
+    assert (out / "phases" / "score_base.json").is_file()

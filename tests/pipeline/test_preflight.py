@@ -123,6 +123,11 @@ def test_missing_data_and_bad_record(setup, capsys):
     assert code == 1
     [line] = problem_lines(lines)
     assert f"data.sources: {tmp / 'missing.jsonl'} does not exist — fix: data.sources=[" in line
+    for typo in ("data/math/train", "train.json"):  # paths by the loader's rule (wdl.data.records.check_sources)
+        code, lines = check([*args, f"data.sources=[{typo}]"], capsys)
+        assert code == 1 and f"data.sources: {typo} does not exist" in problem_lines(lines)[0]
+    code, lines = check([*args, "data.sources=[openai/gsm8k]"], capsys)  # org/name: a hub dataset
+    assert "ok data.sources: openai/gsm8k: a Hugging Face dataset (read at run time)" in lines
     bad = tmp / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
                    '{"messages": [{"role": "robot", "content": "hi"}]}\n')

@@ -88,6 +88,10 @@ def test_data_source_changes_are_refused_unless_allowed(tmp_path):
     assert "going on with the new content" in notes[0]
     assert check_data_sources(paths, {"d.jsonl": "sha256:2"}) == first  # accepted: the fingerprint is unchanged
     assert len(read_json(paths.data_sources)["changes"]) == 1
+    paths.data_sources.write_text('{"fingerprint": ')  # damaged: named, with the fix
+    with pytest.raises(PipelineError, match=rf"^{paths.data_sources}:1: not valid JSON .*: restore it, or start a new "
+                                            r"run with another --out"):
+        check_data_sources(paths, {"d.jsonl": "sha256:2"})
 
 
 HOLD = ("import sys, time; from wdl.lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); "

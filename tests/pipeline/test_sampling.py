@@ -183,3 +183,28 @@ def test_resample_deterministic_and_seed_sensitive():
 def test_resample_bad_inputs(ids, p, size, match):
     with pytest.raises(ValueError, match=match):
         resample(ids, p, size, seed=0)
+
+
+@pytest.mark.parametrize(
+    "coeffs",
+    [
+        dict(alpha=1e300),
+        dict(beta=1e300),
+        dict(gamma=1e300),
+        dict(alpha=1e308, beta=1e308, gamma=1e308, lambda_time=1e308, lambda_easy=1e308),
+        dict(lambda_time=1e300),
+    ],
+)
+def test_huge_finite_coefficients_give_probabilities_not_nan(coeffs):
+    """Values a config accepts (finite) never make NaN weights hours into a run (issue 12)."""
+    rng = np.random.default_rng(0)
+    e0, e1, e2 = (rng.random(50) * 3 + 0.1 for _ in range(3))
+    p = brownboost_weights(e0, e1, e2, **coeffs)
+    assert np.isfinite(p).all() and (p >= 0).all() and math.isclose(p.sum(), 1.0, abs_tol=1e-12)
+    linear = {k: v for k, v in coeffs.items() if k in ("alpha", "beta", "gamma")}
+    for scheme in ("v1", "v2"):
+        p = sampling_weights(e0, e1, scheme, **linear)
+        assert np.isfinite(p).all() and math.isclose(p.sum(), 1.0, abs_tol=1e-12)
+    # huge linear coefficients mean the same as their ratios
+    big = sampling_weights(e0, e1, "v2", alpha=1e308, beta=1e308, gamma=1e308)
+    np.testing.assert_allclose(big, sampling_weights(e0, e1, "v2", alpha=1, beta=1, gamma=1), rtol=1e-12)

@@ -238,7 +238,13 @@ def _load_local(files: list[Path], cfg: DataConfig) -> tuple[datasets.Dataset, C
 
 def _load_hub(name: str, cfg: DataConfig) -> tuple[datasets.Dataset, Counter]:
     repo, _, config = name.partition(":")
-    raw = datasets.load_dataset(repo, config or None, split=cfg.split, cache_dir=cfg.cache_dir)
+    try:
+        raw = datasets.load_dataset(repo, config or None, split=cfg.split, cache_dir=cfg.cache_dir)
+    except OSError as e:  # offline, an unknown name (DatasetNotFoundError is a FileNotFoundError)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"data.sources: {name}: not a local file, and the Hugging Face dataset could not be loaded "
+                         f"({first}): give the path of a local .jsonl/.json file, or load the dataset once where "
+                         "the hub is reachable (it is cached then)") from None
 
     def convert(rec, i):
         try:
@@ -259,23 +265,38 @@ def _load_hub(name: str, cfg: DataConfig) -> tuple[datasets.Dataset, Counter]:
     return ds, Counter({"invalid record": bad} if bad else {})
 
 
+def _looks_local(source: str) -> bool:
+    """A file path rather than a hub dataset name ("name", "org/name", "org/name:config")."""
+    return source.endswith((".json", ".jsonl")) or source.startswith(("/", ".", "~")) or \
+        source.partition(":")[0].count("/") > 1
+
+
+def check_sources(sources) -> list[Path]:
+    """The local files among `sources` (each that exists); a ValueError for a path that does not exist (or is a
+    directory). Names that are not paths are hub datasets, looked up when they are loaded."""
+    local = []
+    for s in sources:
+        p = Path(s).expanduser()
+        if p.is_dir():
+            raise ValueError(f"data.sources: {s} is a directory; list its .jsonl/.json files")
+        if p.exists():
+            local.append(p)
+        elif _looks_local(s):
+            raise ValueError(f"data.sources: {s} does not exist")
+    return local
+
+
 def load_records_with_report(cfg: DataConfig) -> tuple[datasets.Dataset, LoadReport]:
     if not cfg.sources:
         raise ValueError("data.sources is empty: list the training files (chat JSONL with messages/idx) or datasets")
     parts, report = [], LoadReport()
-    local = [Path(s) for s in cfg.sources if Path(s).exists()]
-    for s in cfg.sources:
-        p = Path(s)
-        if not p.exists() and (p.suffix in (".json", ".jsonl") or os.sep in s):
-            raise ValueError(f"data.sources: {s} does not exist")
-        if p.is_dir():
-            raise ValueError(f"data.sources: {s} is a directory; list its .jsonl/.json files")
+    local = check_sources(cfg.sources)
     if local:
         ds, skipped = _load_local(local, cfg)
         parts.append(ds)
         report.skipped.update(skipped)
     for s in cfg.sources:
-        if not Path(s).exists():
+        if not Path(s).expanduser().exists():
             ds, skipped = _load_hub(s, cfg)
             parts.append(ds)
             report.skipped.update(skipped)
