@@ -327,3 +327,34 @@ def test_data_paths_and_a_failed_start(finished_run, tmp_path, capsys, monkeypat
     data.write_text(good)
     assert _run(out, *args, "data.on_bad_record=skip", command="score") == 0  # a new config is taken too
     assert (out / "phases" / "score_base.json").is_file()
+
+
+def test_a_real_full_disk_then_resume(finished_run, tmp_path, capsys):
+    """A real ENOSPC (a tmpfs that fills up while the SFT model is exported again): one line naming what was
+    being written, nothing half-written kept; with more space the same command finishes, and the model comes out
+    bit for bit the same (so every later phase is skipped)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        out = _copy(finished_run, mnt)
+        good = (out / "sft" / "model.safetensors").read_bytes()
+        shutil.rmtree(out / "sft")
+        (out / "phases" / "sft.json").unlink()
+        # what is left free: the log's rewrite and half of the model (the datasets cache lives elsewhere)
+        filler = mnt / "filler"
+        filler.write_bytes(b"\0" * (shutil.disk_usage(mnt).free - (64 << 10) - len(good) // 2))
+        cache = [f"data.cache_dir={tmp_path / 'cache'}"]  # may change on resume: it changes no artifact
+        assert _run(out, *cache) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == (f"wdl run: error: no space left on device while writing {out / 'sft'}: free some space and "
+                       "rerun the same command to resume (nothing half-written is kept)"), err
+        assert not (out / "sft").exists() and not list(out.rglob("*.tmp"))
+        filler.unlink()  # space freed
+        assert _run(out, *cache) == 0
+        captured = capsys.readouterr().out
+        assert (out / "sft" / "model.safetensors").read_bytes() == good
+        assert "phase joint: complete, skipped" in captured
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

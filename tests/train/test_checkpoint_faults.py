@@ -241,7 +241,11 @@ def test_extract_verifies_before_reading(pristine, tmp_path, capsys):
     (root / "work" / "step-4" / "state" / ".metadata").write_bytes(pickle.dumps(_Plant(pwned)))
     with pytest.raises(CheckpointError, match=r"step-4 fails verification: .*\.metadata"):
         extract_submodel(root / "work" / "step-4", tmp_path / "x")
+    (tmp_path / ".strong.x1y2.tmp").mkdir()  # what an interrupted extract into the same --out left
+    (tmp_path / ".strong.x1y2.tmp" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".other.x1y2.tmp").mkdir()  # not ours to judge: another target's
     out = extract_submodel(root / "work", tmp_path / "strong")  # the work dir: the newest that verifies
+    assert not (tmp_path / ".strong.x1y2.tmp").exists() and (tmp_path / ".other.x1y2.tmp").exists()
     assert not pwned.exists()
     assert "using step-2, the newest checkpoint of" in capsys.readouterr().err
     assert (out / "model.safetensors").is_file()
@@ -253,3 +257,34 @@ def test_extract_verifies_before_reading(pristine, tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="is a file, not a directory"):
         extract_submodel(root / "work" / "step-2", out / "notes.txt")
+
+
+def _tree_bytes(root: Path) -> int:
+    """Bytes `root` takes on a tmpfs (each file rounded up to whole pages)."""
+    return sum(-(-p.stat().st_size // 4096) * 4096 for p in root.rglob("*") if p.is_file())
+
+
+def test_a_real_full_disk_while_checkpointing(tmp_path, model_pair, samples, pristine):
+    """A real ENOSPC (a tmpfs too small for a second checkpoint): the error names the checkpoint, nothing
+    half-written is left, and after the space is freed (a bigger tmpfs) the run resumes with the same losses."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    step = _tree_bytes(pristine / "work" / "step-2")
+    size = step + step // 2  # room for step 2 and half of step 4
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size + (64 << 10)}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        root = mnt / "run"
+        with pytest.raises(DiskFullError) as e:
+            _train(root, model_pair, samples)
+        assert str(e.value) == f"no space left on device while writing {root / 'work' / 'step-4'}"
+        assert sorted(p.name for p in (root / "work").iterdir()) == ["step-2"]
+        assert verify_checkpoint(root / "work" / "step-2") == [] and not (root / "out").exists()
+        subprocess.run(["mount", "-o", f"remount,size={4 * size + (16 << 20)}", str(mnt)], check=True)
+        summary = _train(root, model_pair, samples)
+        assert summary.resumed_from == 2 and _losses(root) == _losses(pristine)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
