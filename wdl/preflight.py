@@ -282,11 +282,13 @@ def check_disk(root: Path, plans: Sequence[PhasePlan], other: int) -> Finding:
     detail = ", ".join([*(p.text for p in phases), f"data cache and scores {footprint.fmt_bytes(other)}"])
     if need > free:
         keep = sorted({p.train.keep_last for p in plans})
+        fixes = ["free space or put --out on a larger disk"]
+        if keep and keep[-1] > 1:
+            fixes.append(f"fewer checkpoints kept: train.keep_last=1 (now {'/'.join(map(str, keep))})")
+        if any(not p.train.drop_optimizer_state for p in plans):
+            fixes.append("train.drop_optimizer_state=true (finished phases keep model weights only)")
         return Finding("disk", False, f"the run writes up to about {footprint.fmt_bytes(need)} ({detail}); "
-                       f"{footprint.fmt_bytes(free)} are free under {root}",
-                       "free space or put --out on a larger disk; fewer checkpoints kept: train.keep_last=1 (now "
-                       f"{'/'.join(map(str, keep))}); train.drop_optimizer_state=true (finished phases keep model "
-                       "weights only)")
+                       f"{footprint.fmt_bytes(free)} are free under {root}", "; ".join(fixes))
     return Finding("disk", True, f"up to about {footprint.fmt_bytes(need)} ({detail}); "
                    f"{footprint.fmt_bytes(free)} free")
 

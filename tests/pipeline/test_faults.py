@@ -345,7 +345,9 @@ def test_a_real_full_disk_then_resume(finished_run, tmp_path, capsys):
         # what is left free: the log's rewrite and half of the model (the datasets cache lives elsewhere)
         filler = mnt / "filler"
         filler.write_bytes(b"\0" * (shutil.disk_usage(mnt).free - (64 << 10) - len(good) // 2))
-        cache = [f"data.cache_dir={tmp_path / 'cache'}"]  # may change on resume: it changes no artifact
+        # data.cache_dir may change on resume (it changes no artifact); --no-preflight: the disk is filled on
+        # purpose to fail inside the phase (the preflight's estimate, with its margin, would stop it before)
+        cache = [f"data.cache_dir={tmp_path / 'cache'}", "--no-preflight"]
         assert _run(out, *cache) == 1
         err = capsys.readouterr().err.strip()
         assert err == (f"wdl run: error: no space left on device while writing {out / 'sft'}: free some space and "

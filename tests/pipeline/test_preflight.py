@@ -165,6 +165,10 @@ def test_tiny_disk(setup, capsys, monkeypatch):
     [line] = problem_lines(lines)
     assert line.startswith("✗  disk: the run writes up to about ")
     assert "1 MiB are free" in line and "train.keep_last=1 (now 2)" in line
+    assert "drop_optimizer_state" not in line  # on already: not offered as a fix
+    code, lines = check([*args, "train.keep_last=1", "train.drop_optimizer_state=false"], capsys)
+    [line] = problem_lines(lines)
+    assert "keep_last" not in line and "train.drop_optimizer_state=true" in line
 
 
 def test_run_refuses_before_any_work(setup, capsys):
