@@ -191,8 +191,9 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
         raise
 
 
-def remove_stale_temporaries(directory: str | os.PathLike, *, recursive: bool = False,
-                             skip: tuple[str, ...] = (), prefix: str | None = None) -> list[Path]:
+def remove_stale_temporaries(
+    directory: str | os.PathLike, *, recursive: bool = False, skip: tuple[str, ...] = (), prefix: str | None = None
+) -> list[Path]:
     """Delete what interrupted atomic writes left in `directory` (and below it with `recursive`, except in the
     subdirectories named in `skip`): temporaries `.NAME.*.tmp`, and `.NAME.PID.old` copies moved aside for a
     replacement; with `prefix`, only those of target NAME == prefix. An `.old` copy whose target is missing (the

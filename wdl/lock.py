@@ -82,14 +82,20 @@ class RunLock:
             time.sleep(0.2)  # a holder that just took the lock writes its record right after
             raise RunDirectoryInUse(
                 f"{self.directory} is in use by another wdl command: {describe_holder(self._record())}. Wait for it "
-                "to finish or stop it: two runs in one directory overwrite each other's files") from None
+                "to finish or stop it: two runs in one directory overwrite each other's files"
+            ) from None
         previous = self._record()
         if previous is not None and previous.get("pid") != os.getpid():
             self.took_over = previous
-        atomic_write_json(self.holder_path, {
-            "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join([_program(), *sys.argv[1:]])[:300],
-        })
+        atomic_write_json(
+            self.holder_path,
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": " ".join([_program(), *sys.argv[1:]])[:300],
+            },
+        )
         return self
 
     def release(self) -> None:

@@ -68,13 +68,20 @@ def build_manifest(root: str | os.PathLike) -> dict[str, dict]:
 
 
 def manifest_digest(files: Mapping[str, Mapping]) -> str:
-    canonical = json.dumps({k: [int(v["size"]), str(v["sha256"])] for k, v in sorted(files.items())},
-                           separators=(",", ":"))
+    canonical = json.dumps(
+        {k: [int(v["size"]), str(v["sha256"])] for k, v in sorted(files.items())}, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def verify_manifest(root: str | os.PathLike, files: Mapping[str, Mapping], *, names: Iterable[str] | None = None,
-                    check_extra: bool = True, ignore: Iterable[str] = ()) -> list[str]:
+def verify_manifest(
+    root: str | os.PathLike,
+    files: Mapping[str, Mapping],
+    *,
+    names: Iterable[str] | None = None,
+    check_extra: bool = True,
+    ignore: Iterable[str] = (),
+) -> list[str]:
     """What differs between the artifact at `root` and its manifest, one line per file ([] when nothing does).
 
     `names` restricts the check to some of the manifest's files (ranks share the work); `check_extra` reports
@@ -97,9 +104,11 @@ def verify_manifest(root: str | os.PathLike, files: Mapping[str, Mapping], *, na
             to_hash.append(name)
     for name, got in hash_files(root, to_hash).items():
         if got["sha256"] != files[name]["sha256"]:
-            problems.append(f"{_path(root, name)}: its content differs from when it was written (sha256 "
-                            f"{got['sha256'][:12]}..., recorded {str(files[name]['sha256'])[:12]}...): damaged or "
-                            "replaced")
+            problems.append(
+                f"{_path(root, name)}: its content differs from when it was written (sha256 "
+                f"{got['sha256'][:12]}..., recorded {str(files[name]['sha256'])[:12]}...): damaged or "
+                "replaced"
+            )
     if check_extra:
         extra = sorted(set(list_files(root)) - set(files) - set(ignore))
         problems.extend(f"{_path(root, n)}: not part of the artifact as written (a file added later)" for n in extra)

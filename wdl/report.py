@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
-import json
 import math
 import os
 import platform
@@ -25,7 +24,7 @@ from rich.table import Table
 
 from wdl.config import PipelineConfig, to_dict
 from wdl.eval.report import graded_by, side_by_side_table
-from wdl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_jsonl
+from wdl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from wdl.run_dir import RunPaths, read_marker
 
 # Curves plotted for the training phases (the paper's saturation story: the margin stalls under SFT).
@@ -46,12 +45,13 @@ def collect_report(paths: RunPaths, cfg: PipelineConfig, phase_order: Sequence[s
     evals = {}
     for name in eval_models:
         marker = read_marker(paths, f"eval.{name}")
-        if marker is not None:
+        if marker is not None and isinstance(marker.get("results"), dict):
             evals[name] = marker["results"]
     logs = {ph: read_jsonl(paths.log(ph)) for ph in phase_order}
     sampling = None
     if paths.resampled.is_file():
-        sampling = {k: v for k, v in json.loads(paths.resampled.read_text(encoding="utf-8")).items() if k != "ids"}
+        resampled = read_json(paths.resampled, fix=f"delete it and {paths.marker('weights')} to redo the weights phase")
+        sampling = {k: v for k, v in resampled.items() if k != "ids"} if isinstance(resampled, dict) else None
     reused = {name: m["reused_from"] for name, m in phases.items() if m.get("reused_from")}
     return {
         "eval": evals,

@@ -40,8 +40,11 @@ def test_empty_or_blank_files_are_named(tmp_path, make_cfg, content):
     good = write_jsonl(tmp_path / "good.jsonl", [chat(1)])
     empty = tmp_path / "empty.jsonl"
     empty.write_text(content)
-    with pytest.raises(ValueError, match=rf"^{empty}: the file holds no records \(it is empty or has only blank "
-                                         r"lines\): fill it or remove it from data.sources"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{empty}: the file holds no records \(it is empty or has only blank "
+        r"lines\): fill it or remove it from data.sources",
+    ):
         load_records(make_cfg(good, empty))
 
 
@@ -63,8 +66,9 @@ def test_idx_out_of_range_names_file_and_line(tmp_path, make_cfg, idx):
     path = write_jsonl(tmp_path / "d.jsonl", [chat(0), {**chat(1), "idx": idx}])
     with pytest.raises(ValueError) as e:
         load_records(make_cfg(path))
-    assert str(e.value) == (f"{path}:2: idx must be an integer in [0, 2**63), got {idx} (or set "
-                            "data.on_bad_record=skip)")
+    assert str(e.value) == (
+        f"{path}:2: idx must be an integer in [0, 2**63), got {idx} (or set data.on_bad_record=skip)"
+    )
 
 
 def test_the_largest_idx_is_fine(tmp_path, make_cfg):
@@ -122,9 +126,19 @@ def test_a_52_mb_record_stays_in_bounded_memory(tmp_path):
     """The issue's case end to end in a fresh process (peak RSS is per process): reading, caching and
     tokenizing a 52 MB record with max_length=256 grows the peak RSS by far less than 1 GiB (it was 13 GB)."""
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(tmp_path)], cwd=root, capture_output=True, text=True,
-                         timeout=300, env={"PYTHONPATH": f"{root}:{root / 'kernels'}", "HF_HUB_OFFLINE": "1",
-                                           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE, str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            "PYTHONPATH": f"{root}:{root / 'kernels'}",
+            "HF_HUB_OFFLINE": "1",
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+        },
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["lengths"][0] == 256 and result["truncated"] == 1

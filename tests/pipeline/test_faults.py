@@ -43,8 +43,10 @@ def test_markers_of_another_config_are_refused_when_config_yaml_is_gone(finished
     before = _mtimes(out)
     assert _run(out, "sft.lr=0.01") == 2
     err = capsys.readouterr().err
-    assert f"{out / 'phases' / 'sft.json'}: phase sft was completed here with a different config than this run has" \
-           in err and "start a new run with another --out" in err
+    assert (
+        f"{out / 'phases' / 'sft.json'}: phase sft was completed here with a different config than this run has" in err
+        and "start a new run with another --out" in err
+    )
     assert _mtimes(out) == before and not (out / "config.yaml").exists()  # nothing touched, no config adopted
     assert _run(out) == 0  # the original config: every phase verifies and is skipped
     assert "phase joint: complete, skipped" in capsys.readouterr().out
@@ -57,8 +59,10 @@ def test_foreign_markers_without_their_artifacts_are_refused(finished_run, tmp_p
     shutil.copytree(finished_run[0] / "phases", out / "phases")
     assert _run(out) == 2
     err = capsys.readouterr().err
-    assert f"phase data is marked complete ({out / 'phases' / 'data.json'}) but its output changed since: " \
-           f"{out / 'data' / 'train.jsonl'}: missing" in err
+    assert (
+        f"phase data is marked complete ({out / 'phases' / 'data.json'}) but its output changed since: "
+        f"{out / 'data' / 'train.jsonl'}: missing" in err
+    )
     assert sorted(p.name for p in out.iterdir()) == [".wdl.lock", "phases"]  # nothing was produced
 
 
@@ -69,14 +73,18 @@ def test_a_truncated_model_is_named_and_the_fix_works(finished_run, tmp_path, ca
     weights.write_bytes(good[: len(good) // 2])
     assert _run(out) == 2
     err = capsys.readouterr().err
-    assert f"phase sft is marked complete ({out / 'phases' / 'sft.json'}) but its output changed since: {weights}: " \
-           f"{len(good) // 2} bytes, {len(good)} when it was written (truncated or replaced)" in err
+    assert (
+        f"phase sft is marked complete ({out / 'phases' / 'sft.json'}) but its output changed since: {weights}: "
+        f"{len(good) // 2} bytes, {len(good)} when it was written (truncated or replaced)" in err
+    )
     assert f"delete {out / 'phases' / 'sft.json'} to redo that phase" in err
     # the same file given to the evaluator
     assert main(["eval", str(out / "sft"), "--out", str(tmp_path / "ev")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("wdl eval: error: ") and \
-        f"{weights}: truncated ({len(good) // 2} bytes, its header describes {len(good)})" in err
+    assert (
+        err.startswith("wdl eval: error: ")
+        and f"{weights}: truncated ({len(good) // 2} bytes, its header describes {len(good)})" in err
+    )
     # the fix: delete the marker. Meanwhile an interrupted write left temporaries; they are removed on start
     (out / "phases" / "sft.json").unlink()
     (out / ".wmss.x1.tmp").mkdir()
@@ -116,8 +124,12 @@ def test_a_phase_whose_input_was_redone_is_redone(finished_run, tmp_path):
 def _own_data_args(finished_run, tmp_path) -> tuple[Path, list[str]]:
     data = tmp_path / "mine.jsonl"
     shutil.copy(finished_run[0] / "data" / "train.jsonl", data)
-    return data, ["synthetic.enabled=false", f"model.base={finished_run[0] / 'base'}", f"data.sources=[{data}]",
-                  "run.eval=false"]
+    return data, [
+        "synthetic.enabled=false",
+        f"model.base={finished_run[0] / 'base'}",
+        f"data.sources=[{data}]",
+        "run.eval=false",
+    ]
 
 
 def test_a_data_edit_between_runs_is_refused_unless_allowed(finished_run, tmp_path, capsys):
@@ -131,8 +143,11 @@ def test_a_data_edit_between_runs_is_refused_unless_allowed(finished_run, tmp_pa
     capsys.readouterr()
     assert _run(out, *args, command="score") == 2
     err = capsys.readouterr().err
-    assert f"the training data changed since this run started: {data} (content recorded in " \
-           f"{out / 'data_sources.json'})" in err and "--allow-data-change" in err
+    assert (
+        f"the training data changed since this run started: {data} (content recorded in {out / 'data_sources.json'})"
+        in err
+        and "--allow-data-change" in err
+    )
     assert (out / "scores" / "base.jsonl").read_text() == scores
     assert _run(out, *args, "--allow-data-change", command="score") == 0
     captured = capsys.readouterr().out
@@ -167,8 +182,10 @@ def test_out_dir_that_is_a_file_or_read_only(tmp_path, capsys):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert _run(a_file) == 2
-    assert f"wdl run: error: the run directory {a_file} is a file, not a directory: choose another --out" in \
-           capsys.readouterr().err
+    assert (
+        f"wdl run: error: the run directory {a_file} is a file, not a directory: choose another --out"
+        in capsys.readouterr().err
+    )
     assert _run(a_file / "sub") == 2
     assert "a part of that path is a file" in capsys.readouterr().err
     ro = tmp_path / "ro"
@@ -192,15 +209,21 @@ def test_missing_model_files_and_offline_hub(tmp_path, capsys, monkeypatch):
     empty = tmp_path / "empty_model"
     empty.mkdir()
     assert _run(tmp_path / "r", *own, f"model.base={empty}") == 2
-    assert f"model.base: {empty}: no config.json: not a Hugging Face model directory (missing model files)" in \
-           capsys.readouterr().err
+    assert (
+        f"model.base: {empty}: no config.json: not a Hugging Face model directory (missing model files)"
+        in capsys.readouterr().err
+    )
     assert _run(tmp_path / "r", *own, f"model.base={tmp_path / 'nowhere' / 'model'}") == 2
     assert f"{tmp_path / 'nowhere' / 'model'}: does not exist" in capsys.readouterr().err
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert _run(tmp_path / "r", *own, "model.base=Qwen/Qwen3-Nonexistent-Base") == 2
     err = capsys.readouterr().err
-    assert "model.base 'Qwen/Qwen3-Nonexistent-Base': not a local directory, and not in the Hugging Face cache nor " \
-           "reachable on the hub" in err and "hf download Qwen/Qwen3-Nonexistent-Base" in err
+    assert (
+        "model.base 'Qwen/Qwen3-Nonexistent-Base': not a local directory, and not in the Hugging Face cache nor "
+        "reachable on the hub"
+        in err
+        and "hf download Qwen/Qwen3-Nonexistent-Base" in err
+    )
     assert not (tmp_path / "r").exists()  # refused before any work
 
 
@@ -225,16 +248,19 @@ def test_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Pipeline, "run", full)
     assert _run(tmp_path / "r") == 1
     err = capsys.readouterr().err
-    assert err.strip() == (f"wdl run: error: no space left on device while writing {tmp_path / 'r' / 'work' / 'sft'}"
-                           "/step-4: free some space and rerun the same command to resume (nothing half-written is "
-                           "kept)")
+    assert err.strip() == (
+        f"wdl run: error: no space left on device while writing {tmp_path / 'r' / 'work' / 'sft'}"
+        "/step-4: free some space and rerun the same command to resume (nothing half-written is "
+        "kept)"
+    )
 
 
 def test_a_second_run_is_refused_and_ctrl_c_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(wdl_command(out), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        wdl_command(out), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + 240
         while not read_jsonl(out / "logs" / "pretrain.jsonl"):  # training: the lock is held
@@ -256,24 +282,27 @@ def test_a_second_run_is_refused_and_ctrl_c_is_one_line(tmp_path, capsys):
     assert not (out / "report.json").exists()  # stopped mid-run (whichever phase the signal reached)
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("train.weight_decay=.inf", "train.weight_decay: must be a finite number, got inf"),
-    ("sft.weight_decay=1e300", "sft.weight_decay: lr * weight_decay must be < 1"),
-    ("joint.eps=1e300", "joint.eps: must be a number in (0, 1), got 1e+300"),
-    ("train.max_grad_norm=.inf", "train.max_grad_norm: must be a finite number, got inf"),
-    ("sampling.multiplier=1e300", "sampling.multiplier: must be in (0, 1000]"),
-    ("sampling.size=1000000000000000000000000000000", "sampling.size: must be an integer below 2**63"),
-    ("sampling.size=10000000000", "sampling.size: must be in [1, 1000000000] or null"),
-    ("sampling.brownboost.lambda_time=.inf", "sampling.brownboost.lambda_time: must be a finite number, got inf"),
-    ("sampling.brownboost.lambda_time=1e999", "sampling.brownboost.lambda_time: must be a finite number"),
-    ("sft.epochs=1e300", "sft.epochs: must be in (0, 10000]"),
-    ("sft.seed=100000000000", "sft.seed: must be in [0, 2**32)"),
-    ("data.max_length=1.0e+300", "data.max_length: must be an integer below 2**63"),
-    ("data.global_batch_size=100000000", "data.global_batch_size: must be an integer in [1, 16777216]"),
-    ("trian.lr=1", "override 'trian.lr=1': trian: unknown key; did you mean 'train'?"),
-    ("sft.lr.x=1", "override 'sft.lr.x=1': sft.lr: expected a number, got {'x': 1}"),
-    ("data.sources=[1,2]", "override 'data.sources=[1,2]': data.sources[0]: expected a string, got 1"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.weight_decay=.inf", "train.weight_decay: must be a finite number, got inf"),
+        ("sft.weight_decay=1e300", "sft.weight_decay: lr * weight_decay must be < 1"),
+        ("joint.eps=1e300", "joint.eps: must be a number in (0, 1), got 1e+300"),
+        ("train.max_grad_norm=.inf", "train.max_grad_norm: must be a finite number, got inf"),
+        ("sampling.multiplier=1e300", "sampling.multiplier: must be in (0, 1000]"),
+        ("sampling.size=1000000000000000000000000000000", "sampling.size: must be an integer below 2**63"),
+        ("sampling.size=10000000000", "sampling.size: must be in [1, 1000000000] or null"),
+        ("sampling.brownboost.lambda_time=.inf", "sampling.brownboost.lambda_time: must be a finite number, got inf"),
+        ("sampling.brownboost.lambda_time=1e999", "sampling.brownboost.lambda_time: must be a finite number"),
+        ("sft.epochs=1e300", "sft.epochs: must be in (0, 10000]"),
+        ("sft.seed=100000000000", "sft.seed: must be in [0, 2**32)"),
+        ("data.max_length=1.0e+300", "data.max_length: must be an integer below 2**63"),
+        ("data.global_batch_size=100000000", "data.global_batch_size: must be an integer in [1, 16777216]"),
+        ("trian.lr=1", "override 'trian.lr=1': trian: unknown key; did you mean 'train'?"),
+        ("sft.lr.x=1", "override 'sft.lr.x=1': sft.lr: expected a number, got {'x': 1}"),
+        ("data.sources=[1,2]", "override 'data.sources=[1,2]': data.sources[0]: expected a string, got 1"),
+    ],
+)
 def test_bad_values_fail_before_any_work(tmp_path, capsys, override, message):
     out = tmp_path / "run"
     assert main(["run", "--out", str(out), override]) == 2
@@ -316,8 +345,10 @@ def test_data_paths_and_a_failed_start(finished_run, tmp_path, capsys, monkeypat
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     assert _run(tmp_path / "hub", *base, "data.sources=[someorg/no-such-set]", command="score") == 2
     err = capsys.readouterr().err
-    assert "data.sources: someorg/no-such-set: not a local file, and the Hugging Face dataset could not be loaded" \
-           in err and "Traceback" not in err
+    assert (
+        "data.sources: someorg/no-such-set: not a local file, and the Hugging Face dataset could not be loaded" in err
+        and "Traceback" not in err
+    )
     # a bad record stops the first start; after fixing it (same path) the run starts: nothing depended on it yet
     good = data.read_text()
     data.write_text(good.replace('"idx": 3', '"idx": -3', 1))
@@ -350,8 +381,10 @@ def test_a_real_full_disk_then_resume(finished_run, tmp_path, capsys):
         cache = [f"data.cache_dir={tmp_path / 'cache'}", "--no-preflight"]
         assert _run(out, *cache) == 1
         err = capsys.readouterr().err.strip()
-        assert err == (f"wdl run: error: no space left on device while writing {out / 'sft'}: free some space and "
-                       "rerun the same command to resume (nothing half-written is kept)"), err
+        assert err == (
+            f"wdl run: error: no space left on device while writing {out / 'sft'}: free some space and "
+            "rerun the same command to resume (nothing half-written is kept)"
+        ), err
         assert not (out / "sft").exists() and not list(out.rglob("*.tmp"))
         filler.unlink()  # space freed
         assert _run(out, *cache) == 0

@@ -16,7 +16,13 @@ from wdl.io import DiskFullError, atomic_directory, atomic_write_text, read_json
 from wdl.lock import RunDirectoryInUse, RunLock
 from wdl.manifest import build_manifest, manifest_digest, verify_manifest
 from wdl.run_dir import (
-    PipelineError, RunPaths, artifact_digest, check_data_sources, check_marker, phase_fingerprint, read_marker,
+    PipelineError,
+    RunPaths,
+    artifact_digest,
+    check_data_sources,
+    check_marker,
+    phase_fingerprint,
+    read_marker,
     write_marker,
 )
 
@@ -36,8 +42,11 @@ def test_manifest_names_each_problem(tmp_path):
     (art / "sub" / "b.txt").write_text("HELLO")
     (art / "planted.pt").write_bytes(b"p")
     problems = verify_manifest(art, files)
-    assert problems == [f"{art / 'a.bin'}: 50 bytes, 100 when it was written (truncated or replaced)",
-                        problems[1], f"{art / 'planted.pt'}: not part of the artifact as written (a file added later)"]
+    assert problems == [
+        f"{art / 'a.bin'}: 50 bytes, 100 when it was written (truncated or replaced)",
+        problems[1],
+        f"{art / 'planted.pt'}: not part of the artifact as written (a file added later)",
+    ]
     assert problems[1].startswith(f"{art / 'sub' / 'b.txt'}: its content differs from when it was written")
     (art / "sub" / "b.txt").unlink()
     assert f"{art / 'sub' / 'b.txt'}: missing" in verify_manifest(art, files)
@@ -80,8 +89,11 @@ def test_data_source_changes_are_refused_unless_allowed(tmp_path):
     paths = RunPaths(tmp_path)
     first = check_data_sources(paths, {"d.jsonl": "sha256:1"})
     assert check_data_sources(paths, {"d.jsonl": "sha256:1"}) == first
-    with pytest.raises(PipelineError, match=r"the training data changed since this run started: d.jsonl .*"
-                                            r"--allow-data-change"):
+    with pytest.raises(
+        PipelineError,
+        match=r"the training data changed since this run started: d.jsonl .*"
+        r"--allow-data-change",
+    ):
         check_data_sources(paths, {"d.jsonl": "sha256:2"})
     notes = []
     assert check_data_sources(paths, {"d.jsonl": "sha256:2"}, allow_change=True, note=notes.append) == first
@@ -89,13 +101,18 @@ def test_data_source_changes_are_refused_unless_allowed(tmp_path):
     assert check_data_sources(paths, {"d.jsonl": "sha256:2"}) == first  # accepted: the fingerprint is unchanged
     assert len(read_json(paths.data_sources)["changes"]) == 1
     paths.data_sources.write_text('{"fingerprint": ')  # damaged: named, with the fix
-    with pytest.raises(PipelineError, match=rf"^{paths.data_sources}:1: not valid JSON .*: restore it, or start a new "
-                                            r"run with another --out"):
+    with pytest.raises(
+        PipelineError,
+        match=rf"^{paths.data_sources}:1: not valid JSON .*: restore it, or start a new "
+        r"run with another --out",
+    ):
         check_data_sources(paths, {"d.jsonl": "sha256:2"})
 
 
-HOLD = ("import sys, time; from wdl.lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
-        "print('held', flush=True); time.sleep(60)")
+HOLD = (
+    "import sys, time; from wdl.lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+    "print('held', flush=True); time.sleep(60)"
+)
 
 
 def _holder(directory):

@@ -24,15 +24,25 @@ DATA = FakeDataConfig(tokens_per_micro_batch=48, micro_batches_per_step=2)
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(lr=3e-3, max_steps=4, warmup_ratio=0.0, schedule="constant", tensorboard=False, checkpoint_every=2,
-                keep_last=2, dtype="fp32", kernel_impl="torch")
+    base = dict(
+        lr=3e-3,
+        max_steps=4,
+        warmup_ratio=0.0,
+        schedule="constant",
+        tensorboard=False,
+        checkpoint_every=2,
+        keep_last=2,
+        dtype="fp32",
+        kernel_impl="torch",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 def _train(root: Path, model_pair, samples, cfg=None, **kw):
-    return train_phase("sft", model_pair[0], samples, DATA, cfg or _cfg(), root / "work", root / "out",
-                       root / "log.jsonl", **kw)
+    return train_phase(
+        "sft", model_pair[0], samples, DATA, cfg or _cfg(), root / "work", root / "out", root / "log.jsonl", **kw
+    )
 
 
 def _losses(root: Path) -> list[float]:
@@ -120,8 +130,9 @@ def test_a_bit_flip_is_named_and_the_older_checkpoint_is_used(run, pristine, mod
     assert got == (pristine / "out" / "model.safetensors").read_bytes()  # the same model is exported
 
 
-@pytest.mark.parametrize("damage", ["truncate_shard", "truncate_rank_state", "bad_trainer_state", "edit_manifest",
-                                    "bad_marker_json"])
+@pytest.mark.parametrize(
+    "damage", ["truncate_shard", "truncate_rank_state", "bad_trainer_state", "edit_manifest", "bad_marker_json"]
+)
 def test_no_verifying_checkpoint_stops_with_the_fix(pristine, tmp_path, model_pair, samples, damage):
     root = tmp_path / "run"
     shutil.copytree(pristine, root)
@@ -192,8 +203,11 @@ def test_a_checkpoint_of_other_inputs_is_refused(tmp_path, model_pair, samples):
     root = tmp_path / "run"
     _train(root, model_pair, samples, _cfg(max_steps=2), fingerprint="a" * 64)
     shutil.rmtree(root / "out")
-    with pytest.raises(CheckpointError, match=r"written for other inputs or settings than this sft phase has "
-                                              r"\(fingerprint aaaaaaaaaaaa, now bbbbbbbbbbbb\).*delete .*work"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"written for other inputs or settings than this sft phase has "
+        r"\(fingerprint aaaaaaaaaaaa, now bbbbbbbbbbbb\).*delete .*work",
+    ):
         _train(root, model_pair, samples, _cfg(max_steps=2), fingerprint="b" * 64)
     assert _train(root, model_pair, samples, _cfg(max_steps=2), fingerprint="a" * 64).resumed_from == 2
 
@@ -210,8 +224,11 @@ def _nan_loss(monkeypatch):
 
 def test_every_step_non_finite_under_skip_fails_the_phase(tmp_path, model_pair, samples, monkeypatch):
     _nan_loss(monkeypatch)
-    with pytest.raises(NonFiniteWeightsError, match=r"phase sft: all 3 steps had a non-finite loss or gradient and "
-                                                    r"were skipped \(train.nan_policy=skip\).*lower the learning rate"):
+    with pytest.raises(
+        NonFiniteWeightsError,
+        match=r"phase sft: all 3 steps had a non-finite loss or gradient and "
+        r"were skipped \(train.nan_policy=skip\).*lower the learning rate",
+    ):
         _train(tmp_path, model_pair, samples, _cfg(max_steps=3, nan_policy="skip"))
     assert not (tmp_path / "out").exists()
 
@@ -228,8 +245,11 @@ def test_non_finite_weights_are_never_exported(tmp_path, model_pair, samples, mo
         return result
 
     monkeypatch.setattr(SingleBackend, "optimizer_step", poisoned)
-    with pytest.raises(NonFiniteWeightsError, match=r"phase sft: the trained weights hold NaN/inf in \d+ tensors "
-                                                    r"\(e.g. .*\) after 3 steps.*sft.lr"):
+    with pytest.raises(
+        NonFiniteWeightsError,
+        match=r"phase sft: the trained weights hold NaN/inf in \d+ tensors "
+        r"\(e.g. .*\) after 3 steps.*sft.lr",
+    ):
         _train(tmp_path, model_pair, samples, _cfg(max_steps=3, nan_policy="skip"))
     assert not (tmp_path / "out").exists()
 
@@ -273,8 +293,12 @@ def test_a_real_full_disk_while_checkpointing(tmp_path, model_pair, samples, pri
     mnt.mkdir()
     step = _tree_bytes(pristine / "work" / "step-2")
     size = step + step // 2  # room for step 2 and half of step 4
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size + (64 << 10)}", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size + (64 << 10)}", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         root = mnt / "run"

@@ -50,8 +50,9 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
         return {_TENSOR: key}
     if isinstance(obj, np.ndarray):
         key = f"t{len(tensors)}"
-        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj).astype(np.int64 if obj.dtype.kind in "iub"
-                                                                             else np.float64))
+        tensors[key] = torch.from_numpy(
+            np.ascontiguousarray(obj).astype(np.int64 if obj.dtype.kind in "iub" else np.float64)
+        )
         return {_ARRAY: key, "dtype": obj.dtype.str}
     if isinstance(obj, np.generic):
         return obj.item()
