@@ -81,8 +81,13 @@ def test_shell_blocks_name_real_scripts_commands_and_presets():
 def test_the_two_commands_are_what_ci_runs():
     """README's two commands (the main job, the test suite) as they are, and CI runs the same test command."""
     block = SHELL_FENCE.search((ROOT / "README.md").read_text().split("## Two commands", 1)[1]).group(1)
-    assert [line.split("#", 1)[0].strip() for line in block.splitlines()] == ["bash scripts/run.sh",
-                                                                              "bash scripts/test.sh"]
-    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
-          if line.strip() and not line.startswith("#")]
+    assert [line.split("#", 1)[0].strip() for line in block.splitlines()] == [
+        "bash scripts/run.sh",
+        "bash scripts/test.sh",
+    ]
+    ci = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert ci[-1] == "bash scripts/test.sh"

@@ -33,8 +33,10 @@ def check_source(source: Path, target: Path) -> RunPaths:
         raise PipelineError(f"--from {source}: that is the run directory itself (--out); give the run to branch from")
     paths = RunPaths(source)
     if not source.is_dir() or not any(paths.markers.glob("*.json")):
-        raise PipelineError(f"--from {source}: not a run directory with finished phases (no {paths.markers}/*.json); "
-                            "give the --out of an earlier `wdl run`")
+        raise PipelineError(
+            f"--from {source}: not a run directory with finished phases (no {paths.markers}/*.json); "
+            "give the --out of an earlier `wdl run`"
+        )
     return paths
 
 
@@ -72,9 +74,17 @@ def place(src: Path, dst: Path, *, copy: bool = False) -> str:
     return how
 
 
-def reuse_phase(source: RunPaths, target: RunPaths, name: str, fingerprint: Fingerprint,
-                outputs: Mapping[str, str], *, extra_files: tuple[str, ...] = (), copy: bool = False,
-                marker_updates: Mapping | None = None) -> tuple[dict[str, str], str] | None:
+def reuse_phase(
+    source: RunPaths,
+    target: RunPaths,
+    name: str,
+    fingerprint: Fingerprint,
+    outputs: Mapping[str, str],
+    *,
+    extra_files: tuple[str, ...] = (),
+    copy: bool = False,
+    marker_updates: Mapping | None = None,
+) -> tuple[dict[str, str], str] | None:
     """Take phase `name` from run `source` into run `target` when its marker there matches `fingerprint` and its
     outputs (name -> path relative to a run directory) verify; returns (the outputs' content digests, "link" or
     "copy"), or None (nothing is touched) when the phase cannot be reused. `extra_files` (relative paths) are

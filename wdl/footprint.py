@@ -91,9 +91,16 @@ def model_size(config) -> ModelSize:
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     export = dtype.itemsize if isinstance(dtype, torch.dtype) and dtype.is_floating_point else 4
-    return ModelSize(params=total, embedding_params=embedding, hidden_size=text.hidden_size,
-                     num_layers=text.num_hidden_layers, intermediate_size=text.intermediate_size,
-                     q_dim=heads * head_dim, kv_dim=kv_heads * head_dim, export_bytes=export)
+    return ModelSize(
+        params=total,
+        embedding_params=embedding,
+        hidden_size=text.hidden_size,
+        num_layers=text.num_hidden_layers,
+        intermediate_size=text.intermediate_size,
+        q_dim=heads * head_dim,
+        kv_dim=kv_heads * head_dim,
+        export_bytes=export,
+    )
 
 
 # ------------------------------------------------------------------------------------------------- disk
@@ -171,8 +178,9 @@ def _activations(size: ModelSize, trainable: bool, tokens: int, checkpointing: b
     return kept + 2 * tokens * size.hidden_size * 4
 
 
-def training_memory(strong: ModelSize, weak: ModelSize | None, train, tokens_per_micro_batch: int,
-                    world_size: int = 1) -> MemoryEstimate:
+def training_memory(
+    strong: ModelSize, weak: ModelSize | None, train, tokens_per_micro_batch: int, world_size: int = 1
+) -> MemoryEstimate:
     """Per-device memory of one training step of a phase (joint: strong + weak; SFT: strong alone)."""
     subs = [(strong, True)] + ([(weak, not train.freeze_weak)] if weak is not None else [])
     dev = host = act = 0.0
@@ -197,14 +205,38 @@ def fmt_bytes(n: float) -> str:
 # The published shapes of the Qwen3 Base models the presets train (their config.json: V = 151936, head_dim
 # 128, bf16), so the presets' estimates need no download.
 QWEN3_SHAPES = {
-    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, tie_word_embeddings=True),
-    "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, tie_word_embeddings=True),
-    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, tie_word_embeddings=True),
-    "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                     num_key_value_heads=8, tie_word_embeddings=False),
+    "qwen3-0.6b": dict(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-1.7b": dict(
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-4b": dict(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    ),
 }
 
 
@@ -225,25 +257,38 @@ def preset_tables() -> str:
 
     from wdl.config import load_pipeline_config
 
-    mem = ["| preset | parameters | tokens / micro-batch | SFT, 1 GPU | joint, 1 GPU | joint, FSDP2 on 8 GPUs | "
-           "joint, ZeRO-3 + optimizer offload, 1 GPU (GPU + host) |", "|---|---|---|---|---|---|---|"]
-    disk = ["| preset | export (bf16) | SFT checkpoint | joint checkpoint | run peak (keep_last 2) | "
-            "finished run |", "|---|---|---|---|---|---|"]
+    mem = [
+        "| preset | parameters | tokens / micro-batch | SFT, 1 GPU | joint, 1 GPU | joint, FSDP2 on 8 GPUs | "
+        "joint, ZeRO-3 + optimizer offload, 1 GPU (GPU + host) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    disk = [
+        "| preset | export (bf16) | SFT checkpoint | joint checkpoint | run peak (keep_last 2) | finished run |",
+        "|---|---|---|---|---|---|",
+    ]
     for preset in QWEN3_SHAPES:
         cfg = load_pipeline_config(preset, runnable=False)
         size, tokens = qwen3_size(preset), cfg.data.tokens_per_micro_batch
         sft = training_memory(size, None, cfg.sft, tokens)
         joint = training_memory(size, size, cfg.joint, tokens)
         fsdp = training_memory(size, size, dataclasses.replace(cfg.joint, backend="fsdp2"), tokens, world_size=8)
-        off = training_memory(size, size, dataclasses.replace(cfg.joint, backend="deepspeed", zero_stage=3,
-                                                              offload_optimizer=True), tokens)
-        mem.append(f"| {preset} | {size.params / 1e9:.2f} B | {tokens} | {_gib(sft.total)} GiB | {_gib(joint.total)} "
-                   f"GiB | {_gib(fsdp.total)} GiB | {_gib(off.total)} + {_gib(off.host)} GiB |")
+        off = training_memory(
+            size,
+            size,
+            dataclasses.replace(cfg.joint, backend="deepspeed", zero_stage=3, offload_optimizer=True),
+            tokens,
+        )
+        mem.append(
+            f"| {preset} | {size.params / 1e9:.2f} B | {tokens} | {_gib(sft.total)} GiB | {_gib(joint.total)} "
+            f"GiB | {_gib(fsdp.total)} GiB | {_gib(off.total)} + {_gib(off.host)} GiB |"
+        )
         phases = [training_phase_disk("sft", size, None, cfg.sft), training_phase_disk("joint", size, size, cfg.joint)]
         full = [p.params * FULL_CKPT_BYTES["single"] for p in (size,)] + [2 * size.params * FULL_CKPT_BYTES["single"]]
-        disk.append(f"| {preset} | {_gib(size.params * size.export_bytes)} GiB | {_gib(full[0])} GiB | "
-                    f"{_gib(full[1])} GiB | {_gib(run_disk_peak(phases))} GiB | "
-                    f"{_gib(sum(p.after for p in phases))} GiB |")
+        disk.append(
+            f"| {preset} | {_gib(size.params * size.export_bytes)} GiB | {_gib(full[0])} GiB | "
+            f"{_gib(full[1])} GiB | {_gib(run_disk_peak(phases))} GiB | "
+            f"{_gib(sum(p.after for p in phases))} GiB |"
+        )
     return "\n".join(mem) + "\n\n" + "\n".join(disk) + "\n"
 
 

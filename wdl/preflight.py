@@ -55,8 +55,10 @@ class PreflightError(PipelineError):
     def __init__(self, problems: Sequence[Finding]):
         self.problems = list(problems)
         lines = "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(f"the preflight found {len(self.problems)} problem(s); nothing was started:\n{lines}\n"
-                         "(`wdl check CONFIG ...` repeats these checks; `wdl run --no-preflight` skips them)")
+        super().__init__(
+            f"the preflight found {len(self.problems)} problem(s); nothing was started:\n{lines}\n"
+            "(`wdl check CONFIG ...` repeats these checks; `wdl run --no-preflight` skips them)"
+        )
 
 
 def hub_offline() -> bool:
@@ -83,22 +85,27 @@ def check_model(key: str, name: str) -> tuple[Finding, Any]:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    fix_path = (f"{key}=/path/to/checkpoint (a local folder with config.json and *.safetensors) or a Hugging Face "
-                "model name such as Qwen/Qwen3-4B-Base")
+    fix_path = (
+        f"{key}=/path/to/checkpoint (a local folder with config.json and *.safetensors) or a Hugging Face "
+        "model name such as Qwen/Qwen3-4B-Base"
+    )
     local = Path(name).expanduser()
     try:
         check_model_source(name, key)
-        config = AutoConfig.from_pretrained(str(local) if local.is_dir() else name,
-                                            local_files_only=hub_offline() and not local.is_dir())
+        config = AutoConfig.from_pretrained(
+            str(local) if local.is_dir() else name, local_files_only=hub_offline() and not local.is_dir()
+        )
     except (OSError, ValueError, KeyError) as e:
         return Finding(key, False, _first_line(e), fix_path if local.is_absolute() or local.exists() else ""), None
     where = "local checkpoint" if local.is_dir() else "Hugging Face hub name"
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return Finding(key, False, f"{name} is a {config.model_type!r} model, not a causal language model",
-                       fix_path), None
+        return Finding(
+            key, False, f"{name} is a {config.model_type!r} model, not a causal language model", fix_path
+        ), None
     size = footprint.model_size(config)
-    return Finding(key, True, f"{name}: {config.model_type} config loads ({where}; {size.params / 1e9:.2f} B "
-                   "parameters)"), config
+    return Finding(
+        key, True, f"{name}: {config.model_type} config loads ({where}; {size.params / 1e9:.2f} B parameters)"
+    ), config
 
 
 def check_tokenizer(key: str, source: str, *, vocab_size: int | None, enable_thinking: bool) -> tuple[Finding, Any]:
@@ -110,20 +117,32 @@ def check_tokenizer(key: str, source: str, *, vocab_size: int | None, enable_thi
     except (OSError, ValueError, TypeError) as e:
         return Finding(key, False, f"no tokenizer loads from {source} ({_first_line(e)})", fix), None
     if vocab_size is not None and len(tok) > vocab_size:
-        return Finding(key, False, f"the tokenizer of {source} has {len(tok)} tokens, more than the model's "
-                       f"{vocab_size} embeddings", "model.tokenizer=<the base model's own tokenizer>"), None
+        return Finding(
+            key,
+            False,
+            f"the tokenizer of {source} has {len(tok)} tokens, more than the model's {vocab_size} embeddings",
+            "model.tokenizer=<the base model's own tokenizer>",
+        ), None
     if not tok.chat_template:
-        return Finding(key, False, f"the tokenizer of {source} has no chat template (needed to render "
-                       "the training conversations and the eval prompts)", fix), None
+        return Finding(
+            key,
+            False,
+            f"the tokenizer of {source} has no chat template (needed to render "
+            "the training conversations and the eval prompts)",
+            fix,
+        ), None
     try:
         marker = end_of_turn_marker(tok, enable_thinking)
-        assistant_spans(tok, [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}],
-                        enable_thinking, marker)
+        assistant_spans(
+            tok, [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}], enable_thinking, marker
+        )
     except Exception as e:  # noqa: BLE001 - any template error is the finding
-        return Finding(key, False, f"the chat template of {source} does not render a user/assistant turn "
-                       f"({_first_line(e)})", fix), None
-    return Finding(key, True, f"tokenizer of {source}: {len(tok)} tokens, chat template ok (turns end with "
-                   f"{marker!r})"), tok
+        return Finding(
+            key, False, f"the chat template of {source} does not render a user/assistant turn ({_first_line(e)})", fix
+        ), None
+    return Finding(
+        key, True, f"tokenizer of {source}: {len(tok)} tokens, chat template ok (turns end with {marker!r})"
+    ), tok
 
 
 # -------------------------------------------------------------------------------------------------- data
@@ -168,8 +187,7 @@ def check_sources(data, tokenizer) -> list[Finding]:
             else:
                 findings.append(Finding("data.sources", True, f"{s}: a Hugging Face dataset (read at run time)"))
             continue
-        fix_record = ("fix the record, or set data.format / data.field_map (docs/data.md), or "
-                      "data.on_bad_record=skip")
+        fix_record = "fix the record, or set data.format / data.field_map (docs/data.md), or data.on_bad_record=skip"
         try:
             records = _first_records(p, _FIRST_RECORDS)
             if not records:
@@ -191,14 +209,20 @@ def check_sources(data, tokenizer) -> list[Finding]:
                     try:
                         assistant_spans(tokenizer, messages, data.enable_thinking, marker)
                     except Exception as e:  # noqa: BLE001
-                        raise RecordError(f"{p}:{where}: the chat template does not render it ({_first_line(e)})") \
-                            from None
+                        raise RecordError(
+                            f"{p}:{where}: the chat template does not render it ({_first_line(e)})"
+                        ) from None
         except (RecordError, OSError, UnicodeDecodeError) as e:
             findings.append(Finding("data.sources", False, str(e), fix_record))
             continue
         kind = "chat" if chat else "plain text"
-        findings.append(Finding("data.sources", True, f"{s}: {footprint.fmt_bytes(p.stat().st_size)}, the first "
-                                f"{len(records)} records parse ({kind})"))
+        findings.append(
+            Finding(
+                "data.sources",
+                True,
+                f"{s}: {footprint.fmt_bytes(p.stat().st_size)}, the first {len(records)} records parse ({kind})",
+            )
+        )
     return findings
 
 
@@ -208,8 +232,11 @@ def _spec_entry(spec) -> dict:
     from dataclasses import fields
 
     default = type(spec)(name=spec.name)
-    return {f.name: getattr(spec, f.name) for f in fields(spec)
-            if f.name == "name" or getattr(spec, f.name) != getattr(default, f.name)}
+    return {
+        f.name: getattr(spec, f.name)
+        for f in fields(spec)
+        if f.name == "name" or getattr(spec, f.name) != getattr(default, f.name)
+    }
 
 
 def restate_benchmarks(specs) -> str:
@@ -222,45 +249,82 @@ def check_eval(ev: EvalConfig, user_specs) -> list[Finding]:
     """The sets of `ev` (the eval config the run will use); `user_specs` are the sets the config lists (optional
     ones included, the pipeline's synthetic set not), from which the fixes restate the list."""
     if not ev.benchmarks:
-        return [Finding("eval.benchmarks", False, "no benchmarks to evaluate on",
-                        "list them, e.g. 'eval.benchmarks=[{name: gsm8k}]' with eval.data_dir=/data/seed_eval "
-                        "(docs/eval.md), or run.eval=false")]
+        return [
+            Finding(
+                "eval.benchmarks",
+                False,
+                "no benchmarks to evaluate on",
+                "list them, e.g. 'eval.benchmarks=[{name: gsm8k}]' with eval.data_dir=/data/seed_eval "
+                "(docs/eval.md), or run.eval=false",
+            )
+        ]
     findings = []
     if ev.data_dir and not Path(ev.data_dir).expanduser().is_dir():
-        findings.append(Finding("eval.data_dir", False, f"{ev.data_dir} does not exist",
-                                "eval.data_dir=/path/to/seed_eval (a folder with <set>/test.json, the reference "
-                                "layout), or run.eval=false"))
-    unplaced = [s for s in ev.benchmarks if s.info is not None and not s.path and not s.hf and s.info.hf is None
-                and ev.resolve_path(s) is None]
+        findings.append(
+            Finding(
+                "eval.data_dir",
+                False,
+                f"{ev.data_dir} does not exist",
+                "eval.data_dir=/path/to/seed_eval (a folder with <set>/test.json, the reference "
+                "layout), or run.eval=false",
+            )
+        )
+    unplaced = [
+        s
+        for s in ev.benchmarks
+        if s.info is not None and not s.path and not s.hf and s.info.hf is None and ev.resolve_path(s) is None
+    ]
     if unplaced and not ev.data_dir:
         names = ", ".join(s.name for s in unplaced)
         keep = [s for s in user_specs if s.name not in {u.name for u in unplaced}]
         drop = f"evaluate the others only: {restate_benchmarks(keep)}; " if keep else ""
-        findings.append(Finding("eval.data_dir", False, f"not set, and {names} have no path",
-                                "eval.data_dir=/path/to/seed_eval (a folder in the reference layout: "
-                                f"aime2025/test.json, gsm8k/test.json, ...); {drop}or run.eval=false"))
+        findings.append(
+            Finding(
+                "eval.data_dir",
+                False,
+                f"not set, and {names} have no path",
+                "eval.data_dir=/path/to/seed_eval (a folder in the reference layout: "
+                f"aime2025/test.json, gsm8k/test.json, ...); {drop}or run.eval=false",
+            )
+        )
     for spec in ev.benchmarks:
         if spec in unplaced and not ev.data_dir:
             continue
         hub = spec.hf or (spec.info.hf if spec.info else None)
         try:
             if ev.resolve_path(spec) is None and hub and hub_offline():
-                raise OSError(f"no local copy, and its Hugging Face copy {hub} cannot be read: the hub is off "
-                              "(HF_HUB_OFFLINE)")
+                raise OSError(
+                    f"no local copy, and its Hugging Face copy {hub} cannot be read: the hub is off (HF_HUB_OFFLINE)"
+                )
             problems = load_benchmark(spec, ev)
         except (OSError, ValueError) as e:
             keep = [s for s in user_specs if s.name != spec.name]
             where = ev.resolve_path(spec)
             folder = spec.info.subdir if spec.info else spec.name
-            place = (f"put it at {Path(ev.data_dir) / folder / 'test.json'}, " if ev.data_dir and spec.info and
-                     where is None else "")
+            place = (
+                f"put it at {Path(ev.data_dir) / folder / 'test.json'}, "
+                if ev.data_dir and spec.info and where is None
+                else ""
+            )
             restate = restate_benchmarks([*keep, type(spec)(name=spec.name, path="/path/to/test.json")])
             drop = f"drop it: {restate_benchmarks(keep)}, " if keep else ""
-            findings.append(Finding(f"eval.benchmarks: {spec.name}", False, _first_line(e),
-                                    f"{place}give its file: {restate}, {drop}or run.eval=false"))
+            findings.append(
+                Finding(
+                    f"eval.benchmarks: {spec.name}",
+                    False,
+                    _first_line(e),
+                    f"{place}give its file: {restate}, {drop}or run.eval=false",
+                )
+            )
             continue
-        findings.append(Finding(f"eval.benchmarks: {spec.name}", True, f"{len(problems)} problems from "
-                                f"{ev.resolve_path(spec) or spec.hf or (spec.info.hf if spec.info else '?')}"))
+        findings.append(
+            Finding(
+                f"eval.benchmarks: {spec.name}",
+                True,
+                f"{len(problems)} problems from "
+                f"{ev.resolve_path(spec) or spec.hf or (spec.info.hf if spec.info else '?')}",
+            )
+        )
     return findings
 
 
@@ -287,14 +351,25 @@ def check_disk(root: Path, plans: Sequence[PhasePlan], other: int) -> Finding:
             fixes.append(f"fewer checkpoints kept: train.keep_last=1 (now {'/'.join(map(str, keep))})")
         if any(not p.train.drop_optimizer_state for p in plans):
             fixes.append("train.drop_optimizer_state=true (finished phases keep model weights only)")
-        return Finding("disk", False, f"the run writes up to about {footprint.fmt_bytes(need)} ({detail}); "
-                       f"{footprint.fmt_bytes(free)} are free under {root}", "; ".join(fixes))
-    return Finding("disk", True, f"up to about {footprint.fmt_bytes(need)} ({detail}); "
-                   f"{footprint.fmt_bytes(free)} free")
+        return Finding(
+            "disk",
+            False,
+            f"the run writes up to about {footprint.fmt_bytes(need)} ({detail}); "
+            f"{footprint.fmt_bytes(free)} are free under {root}",
+            "; ".join(fixes),
+        )
+    return Finding(
+        "disk", True, f"up to about {footprint.fmt_bytes(need)} ({detail}); {footprint.fmt_bytes(free)} free"
+    )
 
 
-def check_gpu_memory(plans: Sequence[PhasePlan], scoring: footprint.ModelSize | None, tokens_scoring: int,
-                     tokens_train: int, world_size: int) -> list[Finding]:
+def check_gpu_memory(
+    plans: Sequence[PhasePlan],
+    scoring: footprint.ModelSize | None,
+    tokens_scoring: int,
+    tokens_train: int,
+    world_size: int,
+) -> list[Finding]:
     if not torch.cuda.is_available():
         return []
     device = torch.cuda.current_device()
@@ -302,24 +377,37 @@ def check_gpu_memory(plans: Sequence[PhasePlan], scoring: footprint.ModelSize | 
     findings = []
     for p in plans:
         est = footprint.training_memory(p.strong, p.weak, p.train, tokens_train, world_size)
-        text = (f"{p.name} needs about {footprint.fmt_bytes(est.total)} per GPU (model states "
-                f"{footprint.fmt_bytes(est.states)} + activations {footprint.fmt_bytes(est.activations)}, "
-                f"{p.train.backend}, {world_size} process(es); an estimate, wdl/footprint.py); the GPU has "
-                f"{footprint.fmt_bytes(have)}")
+        text = (
+            f"{p.name} needs about {footprint.fmt_bytes(est.total)} per GPU (model states "
+            f"{footprint.fmt_bytes(est.states)} + activations {footprint.fmt_bytes(est.activations)}, "
+            f"{p.train.backend}, {world_size} process(es); an estimate, wdl/footprint.py); the GPU has "
+            f"{footprint.fmt_bytes(have)}"
+        )
         if est.total > have:
-            findings.append(Finding(f"gpu memory: {p.name}", False, text,
-                                    "more GPUs (scripts/launch_torchrun.sh: FSDP2), DeepSpeed ZeRO-3 with "
-                                    "OFFLOAD_OPTIMIZER=true, or "
-                                    f"{p.name if p.name != 'sft_continued' else 'joint'}.activation_checkpointing=true"
-                                    " / a smaller data.tokens_per_micro_batch"))
+            findings.append(
+                Finding(
+                    f"gpu memory: {p.name}",
+                    False,
+                    text,
+                    "more GPUs (scripts/launch_torchrun.sh: FSDP2), DeepSpeed ZeRO-3 with "
+                    "OFFLOAD_OPTIMIZER=true, or "
+                    f"{p.name if p.name != 'sft_continued' else 'joint'}.activation_checkpointing=true"
+                    " / a smaller data.tokens_per_micro_batch",
+                )
+            )
         else:
             findings.append(Finding(f"gpu memory: {p.name}", True, text))
     if scoring is not None:
         est = footprint.scoring_memory(scoring, tokens_scoring)
         if est.total > have:
-            findings.append(Finding("gpu memory: scoring", False, f"scoring needs about "
-                                    f"{footprint.fmt_bytes(est.total)}; the GPU has {footprint.fmt_bytes(have)}",
-                                    "a smaller scoring.tokens_per_micro_batch"))
+            findings.append(
+                Finding(
+                    "gpu memory: scoring",
+                    False,
+                    f"scoring needs about {footprint.fmt_bytes(est.total)}; the GPU has {footprint.fmt_bytes(have)}",
+                    "a smaller scoring.tokens_per_micro_batch",
+                )
+            )
     return findings
 
 
@@ -334,8 +422,14 @@ def _tiny_size(cfg) -> footprint.ModelSize:
     return replace(footprint.model_size(tiny_qwen3_config(t.vocab_size, **shape)), export_bytes=4)
 
 
-def preflight(cfg, paths: RunPaths, pending: Sequence[str], eval_cfg: EvalConfig | None,
-              skipped_sets: Sequence = (), world_size: int = 1) -> list[Finding]:
+def preflight(
+    cfg,
+    paths: RunPaths,
+    pending: Sequence[str],
+    eval_cfg: EvalConfig | None,
+    skipped_sets: Sequence = (),
+    world_size: int = 1,
+) -> list[Finding]:
     """Every check the pending phases of a run need (see the module docstring), in that order.
 
     `eval_cfg` is the eval config the run will use (None when eval is not pending), `skipped_sets` the optional
@@ -356,9 +450,12 @@ def preflight(cfg, paths: RunPaths, pending: Sequence[str], eval_cfg: EvalConfig
             base_size = footprint.model_size(config)
         source = cfg.model.tokenizer or cfg.model.base
         if config is not None or cfg.model.tokenizer:
-            finding, tokenizer = check_tokenizer("model.tokenizer" if cfg.model.tokenizer else "model.base", source,
-                                                 vocab_size=config.vocab_size if config is not None else None,
-                                                 enable_thinking=cfg.data.enable_thinking)
+            finding, tokenizer = check_tokenizer(
+                "model.tokenizer" if cfg.model.tokenizer else "model.base",
+                source,
+                vocab_size=config.vocab_size if config is not None else None,
+                enable_thinking=cfg.data.enable_thinking,
+            )
             findings.append(finding)
     if "score_third" in pending:
         findings.append(check_model("sampling.brownboost.third_model", cfg.sampling.brownboost.third_model)[0])
@@ -371,16 +468,23 @@ def preflight(cfg, paths: RunPaths, pending: Sequence[str], eval_cfg: EvalConfig
         synthetic = cfg.synthetic.enabled and any(b.name == "synthetic" for b in eval_cfg.benchmarks)
         checked = [b for b in eval_cfg.benchmarks if not (synthetic and b.name == "synthetic")]
         if synthetic:
-            findings.append(Finding("eval.benchmarks: synthetic", True, "the held-out synthetic split (phase data "
-                                    "writes it)"))
+            findings.append(
+                Finding("eval.benchmarks: synthetic", True, "the held-out synthetic split (phase data writes it)")
+            )
         if checked or not synthetic:
             listed = [b for b in cfg.eval.benchmarks if not (synthetic and b.name == "synthetic")]
             findings.extend(check_eval(replace(eval_cfg, benchmarks=checked), listed))
         for spec in skipped_sets:
-            findings.append(Finding(f"eval.benchmarks: {spec.name}", True, "optional and not found under "
-                                    f"eval.data_dir ({eval_cfg.data_dir}): skipped (evaluated once "
-                                    f"<data_dir>/{spec.info.subdir if spec.info else spec.name}/test.json exists, "
-                                    "or listed without optional: true)"))
+            findings.append(
+                Finding(
+                    f"eval.benchmarks: {spec.name}",
+                    True,
+                    "optional and not found under "
+                    f"eval.data_dir ({eval_cfg.data_dir}): skipped (evaluated once "
+                    f"<data_dir>/{spec.info.subdir if spec.info else spec.name}/test.json exists, "
+                    "or listed without optional: true)",
+                )
+            )
     if base_size is not None:
         plans = []
         if cfg.model.is_tiny and "pretrain" in pending:
@@ -395,8 +499,11 @@ def preflight(cfg, paths: RunPaths, pending: Sequence[str], eval_cfg: EvalConfig
             sources = [] if cfg.synthetic.enabled else list(cfg.data.sources)
             findings.append(check_disk(paths.root, plans, footprint.data_cache_bytes(sources) + (64 << 20)))
         scoring = base_size if pending & set(SCORING_PHASES) else None
-        findings.extend(check_gpu_memory(plans, scoring, cfg.scoring.tokens_per_micro_batch,
-                                         cfg.data.tokens_per_micro_batch, world_size))
+        findings.extend(
+            check_gpu_memory(
+                plans, scoring, cfg.scoring.tokens_per_micro_batch, cfg.data.tokens_per_micro_batch, world_size
+            )
+        )
     return findings
 
 
@@ -408,6 +515,20 @@ def problems(findings: Sequence[Finding]) -> list[Finding]:
     return [f for f in findings if not f.ok]
 
 
-__all__ = ["Finding", "PhasePlan", "PreflightError", "check_disk", "check_eval", "check_gpu_memory",
-           "check_model", "check_sources", "check_tokenizer", "format_findings", "free_disk_bytes", "hub_offline",
-           "preflight", "problems", "restate_benchmarks"]
+__all__ = [
+    "Finding",
+    "PhasePlan",
+    "PreflightError",
+    "check_disk",
+    "check_eval",
+    "check_gpu_memory",
+    "check_model",
+    "check_sources",
+    "check_tokenizer",
+    "format_findings",
+    "free_disk_bytes",
+    "hub_offline",
+    "preflight",
+    "problems",
+    "restate_benchmarks",
+]

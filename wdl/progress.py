@@ -43,8 +43,17 @@ def is_terminal(stream: IO | None = None) -> bool:
 
 
 class Progress:
-    def __init__(self, desc: str, total: int | None = None, unit: str = "it", *, enabled: bool = True,
-                 bar: bool = True, interval: float | None = None, stream: IO | None = None):
+    def __init__(
+        self,
+        desc: str,
+        total: int | None = None,
+        unit: str = "it",
+        *,
+        enabled: bool = True,
+        bar: bool = True,
+        interval: float | None = None,
+        stream: IO | None = None,
+    ):
         self.desc, self.total, self.unit = desc, total, unit
         self.enabled = enabled
         self.interval = _interval() if interval is None else interval

@@ -153,17 +153,38 @@ QWEN3_REGULAR_TOKENS = 151643  # byte-level BPE ids 0..151642
 # Qwen3's added tokens from id 151643 on, in id order, with their `special` flag (special ones are dropped by
 # skip_special_tokens; <think> / </think> and the tool / FIM tokens are not special)
 QWEN3_ADDED_TOKENS = (
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True), ("<|quad_start|>", True),
-    ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
-    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False),
-    ("<|repo_name|>", False), ("<|file_sep|>", False), ("<tool_response>", False), ("</tool_response>", False),
-    ("<think>", False), ("</think>", False),
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
 )
 
-def build_qwen3_vocab_tokenizer(texts: Iterable[str] | None = None,
-                                merges_vocab: int = 2048) -> PreTrainedTokenizerFast:
+
+def build_qwen3_vocab_tokenizer(
+    texts: Iterable[str] | None = None, merges_vocab: int = 2048
+) -> PreTrainedTokenizerFast:
     """A tokenizer with Qwen3's id layout and chat template (module docstring), built offline in about a second.
 
     A byte-level BPE of `merges_vocab` ids is trained on `texts`; ids up to 151642 are filled with byte-pair
@@ -173,8 +194,9 @@ def build_qwen3_vocab_tokenizer(texts: Iterable[str] | None = None,
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=merges_vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=merges_vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(corpus, trainer=trainer)
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]
@@ -185,8 +207,17 @@ def build_qwen3_vocab_tokenizer(texts: Iterable[str] | None = None,
             break
         vocab.setdefault(text, len(vocab))
     spec["added_tokens"] = [
-        {"id": QWEN3_REGULAR_TOKENS + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": special} for i, (t, special) in enumerate(QWEN3_ADDED_TOKENS)]
+        {
+            "id": QWEN3_REGULAR_TOKENS + i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": special,
+        }
+        for i, (t, special) in enumerate(QWEN3_ADDED_TOKENS)
+    ]
     fast = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
         eos_token="<|endoftext|>",
@@ -200,12 +231,26 @@ def build_qwen3_vocab_tokenizer(texts: Iterable[str] | None = None,
     return fast
 
 
-def qwen3_vocab_config(*, hidden_size: int = 64, intermediate_size: int = 128, num_hidden_layers: int = 2,
-                       num_attention_heads: int = 2, num_key_value_heads: int = 1, head_dim: int = 64) -> Qwen3Config:
+def qwen3_vocab_config(
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 2,
+    num_key_value_heads: int = 1,
+    head_dim: int = 64,
+) -> Qwen3Config:
     """A small Qwen3 with the real vocabulary: V = 151936 embedding rows, tied embeddings, eos / pad
     <|endoftext|> (151643), as the Qwen3 Base checkpoints' configs have."""
-    return tiny_qwen3_config(QWEN3_VOCAB_SIZE, hidden_size=hidden_size, intermediate_size=intermediate_size,
-                             num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-                             num_key_value_heads=num_key_value_heads, head_dim=head_dim,
-                             max_position_embeddings=40960, eos_token_id=QWEN3_REGULAR_TOKENS,
-                             pad_token_id=QWEN3_REGULAR_TOKENS)
+    return tiny_qwen3_config(
+        QWEN3_VOCAB_SIZE,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=head_dim,
+        max_position_embeddings=40960,
+        eos_token_id=QWEN3_REGULAR_TOKENS,
+        pad_token_id=QWEN3_REGULAR_TOKENS,
+    )

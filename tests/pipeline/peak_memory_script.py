@@ -44,8 +44,12 @@ def step_peak(joint: JointModel, tokens: int) -> dict:
     out = joint(ids, labels, positions, num_items=tokens)
     out.loss.backward()
     peak = _status_kib("VmHWM")
-    return {"loss": float(out.loss), "peak_bytes": (peak - before) * 1024, "tokens": tokens,
-            "vocab": joint.strong.config.vocab_size}
+    return {
+        "loss": float(out.loss),
+        "peak_bytes": (peak - before) * 1024,
+        "tokens": tokens,
+        "vocab": joint.strong.config.vocab_size,
+    }
 
 
 def main(strong: str, weak: str, tokens: int) -> None:

@@ -52,24 +52,28 @@ def test_branch_equals_a_fresh_run_of_the_new_config(branch, tmp_path):
     fresh = tmp_path / "fresh"
     proc = run_wdl(fresh, *ABLATION)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [r["loss"] for r in _log(out / "logs" / "joint.jsonl")] == \
-           [r["loss"] for r in _log(fresh / "logs" / "joint.jsonl")]
+    assert [r["loss"] for r in _log(out / "logs" / "joint.jsonl")] == [
+        r["loss"] for r in _log(fresh / "logs" / "joint.jsonl")
+    ]
     got, want = load_file(out / "wmss" / "model.safetensors"), load_file(fresh / "wmss" / "model.safetensors")
     assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in got)
+
     def accuracy(run):
         ev = json.loads((run / "report.json").read_text())["eval"]
         return {m: {b: (r["accuracy"], r["n"]) for b, r in res.items()} for m, res in ev.items()}
 
     assert accuracy(out) == accuracy(fresh) and set(accuracy(out)) == {"sft", "sft_continued", "wmss"}
     for phase in ("sft", "sft_continued"):  # the reused phases' logs and models equal the fresh run's
-        assert [r["loss"] for r in _log(out / "logs" / f"{phase}.jsonl")] == \
-               [r["loss"] for r in _log(fresh / "logs" / f"{phase}.jsonl")], phase
+        assert [r["loss"] for r in _log(out / "logs" / f"{phase}.jsonl")] == [
+            r["loss"] for r in _log(fresh / "logs" / f"{phase}.jsonl")
+        ], phase
         got = load_file(out / phase / "model.safetensors")
         want = load_file(fresh / phase / "model.safetensors")
         assert all((got[k] == want[k]).all() for k in want), phase
     for model in ("sft", "sft_continued", "wmss"):  # the graded samples are the same
-        assert (out / "eval" / model / "synthetic.jsonl").read_text() == \
-               (fresh / "eval" / model / "synthetic.jsonl").read_text()
+        assert (out / "eval" / model / "synthetic.jsonl").read_text() == (
+            fresh / "eval" / model / "synthetic.jsonl"
+        ).read_text()
 
 
 def test_from_needs_a_run_directory(tmp_path, capsys):
@@ -81,14 +85,17 @@ def test_from_needs_a_run_directory(tmp_path, capsys):
     assert "--copy goes with --from DIR" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("change, differs", [
-    ("joint.lam=0.3", {"joint"}),
-    ("joint.freeze_weak=true", {"joint"}),
-    ("joint.kernel_mode=fast", {"joint", "sft_continued"}),
-    ("sft.lr=2e-5", {"sft"}),
-    ("sampling.alpha=0.2", {"weights"}),
-    ("eval.max_new_tokens=8", set()),  # eval has its own per-model markers
-])
+@pytest.mark.parametrize(
+    "change, differs",
+    [
+        ("joint.lam=0.3", {"joint"}),
+        ("joint.freeze_weak=true", {"joint"}),
+        ("joint.kernel_mode=fast", {"joint", "sft_continued"}),
+        ("sft.lr=2e-5", {"sft"}),
+        ("sampling.alpha=0.2", {"weights"}),
+        ("eval.max_new_tokens=8", set()),  # eval has its own per-model markers
+    ],
+)
 def test_which_phases_a_change_reaches(change, differs, tmp_path):
     """The config part of each phase's fingerprint: an ablation reaches the phases that read the key, and no
     other (a phase's later inputs, e.g. joint's SFT model, add their content digests at run time)."""

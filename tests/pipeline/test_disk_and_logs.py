@@ -66,14 +66,23 @@ def test_a_deleted_export_is_rebuilt_from_the_model_only_checkpoint(finished_run
 
 def test_progress_and_setup_in_the_logs(finished_run):
     out, proc = finished_run
-    for line in ("scoring base: 40 samples in", "scoring sft: 40 samples in", "tokenizing train data: 40 records in",
-                 "tokenizing pretrain data: 40 records in", "preflight ok disk: up to about",
-                 "generating synthetic: 8 prompts in"):
+    for line in (
+        "scoring base: 40 samples in",
+        "scoring sft: 40 samples in",
+        "tokenizing train data: 40 records in",
+        "tokenizing pretrain data: 40 records in",
+        "preflight ok disk: up to about",
+        "generating synthetic: 8 prompts in",
+    ):
         assert line in proc.stdout, line
     # scoring's periodic lines (the first one at least) carry the rate and the ETA; the last the total time
     for model in ("base", "sft"):
-        assert re.search(rf"^scoring {model}: \d+/40 samples \(\d+%\), [\d.e+]+ samples/s, elapsed \d\d:\d\d, "
-                         r"ETA \d\d:\d\d$", proc.stdout, re.M), model
+        assert re.search(
+            rf"^scoring {model}: \d+/40 samples \(\d+%\), [\d.e+]+ samples/s, elapsed \d\d:\d\d, "
+            r"ETA \d\d:\d\d$",
+            proc.stdout,
+            re.M,
+        ), model
         assert re.search(rf"^scoring {model}: 40 samples in \d\d:\d\d \([\d.e+]+ samples/s\)$", proc.stdout, re.M)
     assert "torch.distributed is disabled" not in proc.stderr  # no warning per checkpoint save
     env = json.loads((out / "report.json").read_text())["environment"]

@@ -337,8 +337,10 @@ def test_data_paths_and_a_failed_start(finished_run, tmp_path, capsys, monkeypat
     err = capsys.readouterr().err  # the preflight's line (or, with --no-preflight, the pipeline's own check)
     assert err.startswith("wdl score: error: ") and f"data.sources: {tmp_path / 'mine.jsnl'} does not exist" in err
     assert not (tmp_path / "typo").exists()
-    assert _run(tmp_path / "typo", *base, f"data.sources=[{tmp_path / 'mine.jsnl'}]", "--no-preflight",
-                command="score") == 2
+    assert (
+        _run(tmp_path / "typo", *base, f"data.sources=[{tmp_path / 'mine.jsnl'}]", "--no-preflight", command="score")
+        == 2
+    )
     assert f"wdl score: error: data.sources: {tmp_path / 'mine.jsnl'} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "typo").exists()
     # a hub name (org/name) is a dataset, not a path; offline it is one line naming it

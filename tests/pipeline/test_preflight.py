@@ -22,10 +22,12 @@ from wdl.progress import Progress
 SET_RECORDS = {
     "aime2025": [{"question": "Find 2+3.", "answer": "5"}, {"question": "Find 7*6.", "answer": "42"}],
     "amc23": [{"instruction": "What is 9-4?", "answer": "5"}, {"instruction": "What is 3^2?", "answer": "9"}],
-    "AQuA": [{"instruction": "1+1? Answer Choices: (A) 1 (B) 2 (C) 3 (D) 4 (E) 5", "input": "", "output": "",
-              "answer": "B"}] * 2,
-    "gsm8k": [{"instruction": "Tom has 3 apples and buys 4. How many?", "input": "", "output": "",
-               "answer": "7.0"}] * 2,
+    "AQuA": [
+        {"instruction": "1+1? Answer Choices: (A) 1 (B) 2 (C) 3 (D) 4 (E) 5", "input": "", "output": "", "answer": "B"}
+    ]
+    * 2,
+    "gsm8k": [{"instruction": "Tom has 3 apples and buys 4. How many?", "input": "", "output": "", "answer": "7.0"}]
+    * 2,
     "mawps": [{"instruction": "5 birds and 2 more. How many?", "input": "", "output": "", "answer": "7.0"}] * 2,
     "SVAMP": [{"instruction": "8 cakes, 3 eaten. How many left?", "input": "", "output": "", "answer": "5.0"}] * 2,
 }
@@ -59,8 +61,15 @@ def setup(tmp_path, tiny_model_dir, offline):
     train = tmp_path / "train.jsonl"
     synthetic.write_chat_jsonl(train, synthetic.make_splits(6, 0, 0, seed=1).train)
     sets = write_sets(tmp_path / "seed_eval")
-    args = ["qwen3-0.6b", "--out", str(tmp_path / "run"), f"model.base={tiny_model_dir}", f"data.sources=[{train}]",
-            f"eval.data_dir={sets}", "eval.allow_row_count_mismatch=true"]  # two records a set
+    args = [
+        "qwen3-0.6b",
+        "--out",
+        str(tmp_path / "run"),
+        f"model.base={tiny_model_dir}",
+        f"data.sources=[{train}]",
+        f"eval.data_dir={sets}",
+        "eval.allow_row_count_mismatch=true",
+    ]  # two records a set
     return tmp_path, args
 
 
@@ -129,8 +138,10 @@ def test_missing_data_and_bad_record(setup, capsys):
     code, lines = check([*args, "data.sources=[openai/gsm8k]"], capsys)  # org/name: a hub dataset
     assert "ok data.sources: openai/gsm8k: a Hugging Face dataset (read at run time)" in lines
     bad = tmp / "bad.jsonl"
-    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
-                   '{"messages": [{"role": "robot", "content": "hi"}]}\n')
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+        '{"messages": [{"role": "robot", "content": "hi"}]}\n'
+    )
     code, lines = check([*args, f"data.sources=[{bad}]"], capsys)
     [line] = problem_lines(lines)
     assert f"data.sources: {bad}:2: messages[0].role 'robot' is unknown" in line and "data.field_map" in line
@@ -145,8 +156,10 @@ def test_missing_eval_set_names_the_restated_list(setup, capsys):
     assert line.startswith("✗  eval.benchmarks: svamp:")
     assert f"put it at {tmp / 'seed_eval' / 'SVAMP' / 'test.json'}" in line
     # the list to drop it: the preset's others, math500 still optional
-    assert ("drop it: 'eval.benchmarks=[{name: aime2025}, {name: math500, optional: true}, {name: amc23}, "
-            "{name: aqua}, {name: gsm8k}, {name: mawps}]'") in line
+    assert (
+        "drop it: 'eval.benchmarks=[{name: aime2025}, {name: math500, optional: true}, {name: amc23}, "
+        "{name: aqua}, {name: gsm8k}, {name: mawps}]'"
+    ) in line
     assert "or run.eval=false" in line
 
 
@@ -184,8 +197,10 @@ def test_run_refuses_before_any_work(setup, capsys):
 def test_each_problem_stops_the_run_before_any_work(case, setup, capsys, monkeypatch):
     """`wdl run` with one problem of each kind: one line naming it, exit status 2, no run directory."""
     tmp, args = setup
-    extra, where = [], {"model": "model.base:", "data": "data.sources:", "eval set": "eval.benchmarks: svamp:",
-                        "disk": "disk:"}[case]
+    extra, where = (
+        [],
+        {"model": "model.base:", "data": "data.sources:", "eval set": "eval.benchmarks: svamp:", "disk": "disk:"}[case],
+    )
     if case == "model":
         extra = [f"model.base={tmp / 'nope'}"]
     elif case == "data":
@@ -210,8 +225,15 @@ def test_tiny_default_checks(tmp_path, capsys):
 @pytest.mark.parametrize("preset", ["qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b"])
 def test_preset_eval_sets_come_from_local_files(preset, tmp_path, offline):
     sets = write_sets(tmp_path / "seed_eval")
-    cfg = load_pipeline_config(preset, [f"data.sources=[{tmp_path / 't.jsonl'}]", f"eval.data_dir={sets}",
-                                        "eval.limit=1", "eval.allow_row_count_mismatch=true"])
+    cfg = load_pipeline_config(
+        preset,
+        [
+            f"data.sources=[{tmp_path / 't.jsonl'}]",
+            f"eval.data_dir={sets}",
+            "eval.limit=1",
+            "eval.allow_row_count_mismatch=true",
+        ],
+    )
     ev, skipped = Pipeline(cfg, tmp_path / "run").eval_config(with_skipped=True)
     assert [b.name for b in ev.benchmarks] == ["aime2025", "amc23", "aqua", "gsm8k", "mawps", "svamp"]
     assert [b.name for b in skipped] == ["math500"]
@@ -228,9 +250,17 @@ def test_preset_eval_runs_offline_on_the_reference_sets(tmp_path, tiny_model_dir
     from wdl.eval import evaluate_model
 
     seed = shared_dir / "data" / "seed_eval"
-    cfg = load_pipeline_config("qwen3-0.6b", [f"data.sources=[{tmp_path / 't.jsonl'}]", f"eval.data_dir={seed}",
-                                              "eval.limit=2", "eval.backend=transformers", "eval.max_new_tokens=2",
-                                              "eval.dtype=float32"])
+    cfg = load_pipeline_config(
+        "qwen3-0.6b",
+        [
+            f"data.sources=[{tmp_path / 't.jsonl'}]",
+            f"eval.data_dir={seed}",
+            "eval.limit=2",
+            "eval.backend=transformers",
+            "eval.max_new_tokens=2",
+            "eval.dtype=float32",
+        ],
+    )
     ev = Pipeline(cfg, tmp_path / "run").eval_config()
     results = evaluate_model(tiny_model_dir, ev, tmp_path / "eval")
     assert set(results) == {"aime2025", "amc23", "aqua", "gsm8k", "mawps", "svamp"}
@@ -239,9 +269,15 @@ def test_preset_eval_runs_offline_on_the_reference_sets(tmp_path, tiny_model_dir
 
 def test_explicit_hub_set_offline_is_a_problem_with_the_list(tmp_path, offline):
     sets = write_sets(tmp_path / "seed_eval", names=("gsm8k",))
-    cfg = load_pipeline_config("qwen3-0.6b", [f"data.sources=[{tmp_path / 't.jsonl'}]", f"eval.data_dir={sets}",
-                                              "eval.benchmarks=[{name: gsm8k}, {name: math500}]",
-                                              "eval.allow_row_count_mismatch=true"])
+    cfg = load_pipeline_config(
+        "qwen3-0.6b",
+        [
+            f"data.sources=[{tmp_path / 't.jsonl'}]",
+            f"eval.data_dir={sets}",
+            "eval.benchmarks=[{name: gsm8k}, {name: math500}]",
+            "eval.allow_row_count_mismatch=true",
+        ],
+    )
     ev = Pipeline(cfg, tmp_path / "run").eval_config()
     bad = [f for f in wdl.preflight.check_eval(ev, ev.benchmarks) if not f.ok]
     assert [f.check for f in bad] == ["eval.benchmarks: math500"]
@@ -274,7 +310,7 @@ def test_readme_tables_are_the_footprint_estimates():
 
     readme = (REPO / "README.md").read_text()
     start = readme.index("<!-- footprint tables: generated by `python -m wdl.footprint` -->\n")
-    block = readme[start:readme.index("<!-- end of footprint tables -->")].split("\n", 1)[1]
+    block = readme[start : readme.index("<!-- end of footprint tables -->")].split("\n", 1)[1]
     assert block == preset_tables()
 
 
@@ -293,8 +329,11 @@ def test_estimates_match_the_presets_comments():
             cells = [c.strip() for c in line.strip("|").split("|")]
             rows.setdefault(cells[0], set()).update(re.findall(r"([\d.]+) (?:GiB|\+)", " ".join(cells[1:])))
     for preset, numbers in rows.items():
-        head = "".join(line for line in (REPO / "wdl" / "presets" / f"{preset}.yaml").read_text().splitlines(True)
-                       if line.startswith("#"))
+        head = "".join(
+            line
+            for line in (REPO / "wdl" / "presets" / f"{preset}.yaml").read_text().splitlines(True)
+            if line.startswith("#")
+        )
         stated = re.findall(r"about ([\d.]+) GiB", head)
         assert stated and set(stated) <= numbers, (preset, stated, sorted(numbers))
         assert "estimate" in head.lower(), preset
@@ -310,8 +349,7 @@ def test_keep_last_is_per_phase(tmp_path):
     cfg = load_pipeline_config("qwen3-4b", ["sft.keep_last=1", "joint.keep_last=3"], runnable=False)
     assert (cfg.sft.keep_last, cfg.joint.keep_last, cfg.pretrain.keep_last) == (1, 3, 2)
     size = qwen3_size("qwen3-4b")
-    one, two = (training_phase_disk("sft", size, None, c) for c in (cfg.sft, dataclasses.replace(cfg.sft,
-                                                                                                  keep_last=2)))
+    one, two = (training_phase_disk("sft", size, None, c) for c in (cfg.sft, dataclasses.replace(cfg.sft, keep_last=2)))
     assert two.while_training - one.while_training == 12 * size.params  # one full checkpoint more
 
 
@@ -371,6 +409,7 @@ def test_gpu_memory_estimates_against_the_device(monkeypatch):
     assert sft.ok and "sft needs about" in sft.message
     assert not joint.ok and "joint needs about 150" in joint.message and "FSDP2" in joint.fix
     fsdp = dataclasses.replace(cfg.joint, backend="fsdp2")
-    [ok] = wdl.preflight.check_gpu_memory([wdl.preflight.PhasePlan("joint", fsdp, size, size)], None, 0,
-                                          cfg.data.tokens_per_micro_batch, 8)
+    [ok] = wdl.preflight.check_gpu_memory(
+        [wdl.preflight.PhasePlan("joint", fsdp, size, size)], None, 0, cfg.data.tokens_per_micro_batch, 8
+    )
     assert ok.ok  # 8 GPUs with FSDP2

@@ -39,14 +39,33 @@ def qwen3_vocab_run(tmp_path_factory):
     synthetic.write_chat_jsonl(root / "train.jsonl", splits.train)
     synthetic.write_eval_json(root / "held_out" / "test.json", splits.eval)
     out = root / "run"
-    cmd = [sys.executable, "-m", "wdl", "run", "qwen3-0.6b", "--out", str(out), f"model.base={base}",
-           f"data.sources=[{root / 'train.jsonl'}]", "data.max_length=192", f"data.tokens_per_micro_batch={TOKENS}",
-           "data.global_batch_size=4", "train.dtype=fp32", "train.activation_checkpointing=false",
-           "train.checkpoint_every=2", "train.keep_last=1", "train.tensorboard=false", "scoring.dtype=fp32",
-           f"scoring.tokens_per_micro_batch={TOKENS}",
-           f"eval.benchmarks=[{{name: held_out, path: {root / 'held_out'}, format: gsm8k}}]",
-           "eval.backend=transformers", "eval.dtype=float32", "eval.max_new_tokens=2", "eval.limit=1",
-           "run.eval_base=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wdl",
+        "run",
+        "qwen3-0.6b",
+        "--out",
+        str(out),
+        f"model.base={base}",
+        f"data.sources=[{root / 'train.jsonl'}]",
+        "data.max_length=192",
+        f"data.tokens_per_micro_batch={TOKENS}",
+        "data.global_batch_size=4",
+        "train.dtype=fp32",
+        "train.activation_checkpointing=false",
+        "train.checkpoint_every=2",
+        "train.keep_last=1",
+        "train.tensorboard=false",
+        "scoring.dtype=fp32",
+        f"scoring.tokens_per_micro_batch={TOKENS}",
+        f"eval.benchmarks=[{{name: held_out, path: {root / 'held_out'}, format: gsm8k}}]",
+        "eval.backend=transformers",
+        "eval.dtype=float32",
+        "eval.max_new_tokens=2",
+        "eval.limit=1",
+        "run.eval_base=false",
+    ]
     proc = run_command(cmd, timeout=400, env={"HF_HUB_OFFLINE": "1", "WDL_PROGRESS_INTERVAL": "0"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return base, out, proc
@@ -76,8 +95,9 @@ def test_real_vocabulary_pipeline(qwen3_vocab_run):
     assert "scoring base: 8 samples in" in proc.stdout and "tokenizing train data: 8 records in" in proc.stdout
     assert "generating held_out: 1 prompts in" in proc.stdout
     # in a log (not a terminal) the progress is lines with the rate and the ETA: scoring, and every training step
-    assert re.search(r"^scoring base: \d+/8 samples \(\d+%\), [\d.e+]+ samples/s, elapsed [\d:]+, ETA [\d:]+$",
-                     proc.stdout, re.M)
+    assert re.search(
+        r"^scoring base: \d+/8 samples \(\d+%\), [\d.e+]+ samples/s, elapsed [\d:]+, ETA [\d:]+$", proc.stdout, re.M
+    )
     for phase in ("sft", "joint"):
         assert re.search(rf"^{phase} step 1/\d+ loss [\d.]+ .*elapsed [\d:]+ ETA [\d:]+$", proc.stdout, re.M), phase
     assert "torch.distributed is disabled" not in proc.stderr
@@ -90,8 +110,13 @@ def test_fused_joint_step_peak_memory_below_reference(qwen3_vocab_run):
     log-softmax, their gradients); the fused path holds none."""
     base, out, _ = qwen3_vocab_run
     script = Path(__file__).with_name("peak_memory_script.py")
-    proc = subprocess.run([sys.executable, str(script), str(out / "sft"), str(base), str(TOKENS)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out / "sft"), str(base), str(TOKENS)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["loss_impl"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
     fused, reference = rows["fused"], rows["reference"]

@@ -50,8 +50,9 @@ def _dcp_keys(state_dir: Path) -> dict[str, TensorStorageMetadata]:
 
 def has_optimizer_state(state_dir: Path) -> bool:
     """A checkpoint's state/ holds more than model weights (DeepSpeed's own format always does)."""
-    return not _is_dcp(state_dir) or any(not k.startswith("model.") for k in dcp.FileSystemReader(
-        str(state_dir)).read_metadata().state_dict_metadata)
+    return not _is_dcp(state_dir) or any(
+        not k.startswith("model.") for k in dcp.FileSystemReader(str(state_dir)).read_metadata().state_dict_metadata
+    )
 
 
 def _model_tensors(state_dir: Path, backend: str) -> dict[str, torch.Tensor]:
@@ -66,8 +67,11 @@ def _model_tensors(state_dir: Path, backend: str) -> dict[str, torch.Tensor]:
 
         sd = get_fp32_state_dict_from_zero_checkpoint(str(state_dir), tag=TAG, exclude_frozen_parameters=True)
         return {k: v.float().contiguous() for k, v in sd.items()}
-    wanted = {k[len("model."):]: torch.empty(m.size, dtype=m.properties.dtype)
-              for k, m in _dcp_keys(state_dir).items() if k.startswith("model.")}
+    wanted = {
+        k[len("model.") :]: torch.empty(m.size, dtype=m.properties.dtype)
+        for k, m in _dcp_keys(state_dir).items()
+        if k.startswith("model.")
+    }
     with single_process_dcp():
         dcp.load({"model": wanted}, storage_reader=dcp.FileSystemReader(str(state_dir)), no_dist=True)
     return wanted
@@ -97,8 +101,9 @@ def strip_checkpoint(ckpt: Path) -> int:
         for f in ckpt.iterdir():  # the per-rank files, unchanged
             if f.name not in (STATE, "trainer_state.json", MANIFEST, MARKER):
                 (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
-        atomic_write_json(tmp / "trainer_state.json",
-                          {**trainer_state, "optimizer_state": False, "state_format": "dcp"})
+        atomic_write_json(
+            tmp / "trainer_state.json", {**trainer_state, "optimizer_state": False, "state_format": "dcp"}
+        )
         files = hash_files(tmp, list_files(tmp))
         atomic_write_json(tmp / MANIFEST, {"files": dict(sorted(files.items()))})
         marker = read_json(ckpt / MARKER, fix=f"the checkpoint {ckpt} is damaged")
@@ -147,6 +152,8 @@ def drop_optimizer_state(work_dir: str | Path, export_dir: str | Path) -> int:
     check_hf_checkpoint(export_dir)
     problems = check_export(export_dir)
     if problems:
-        raise ValueError(f"{export_dir}: the export does not verify ({problems[0]}); the training checkpoints are "
-                         "kept whole: delete the export and rerun to export it again from the last checkpoint")
+        raise ValueError(
+            f"{export_dir}: the export does not verify ({problems[0]}); the training checkpoints are "
+            "kept whole: delete the export and rerun to export it again from the last checkpoint"
+        )
     return sum(strip_checkpoint(path) for _, path in complete_checkpoints(Path(work_dir)))
