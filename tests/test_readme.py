@@ -55,7 +55,9 @@ def test_shell_blocks_name_real_scripts_commands_and_presets():
     from wdl.cli import build_parser
     from wdl.configlib import preset_names
 
-    subcommands = set(next(a for a in build_parser()._actions if a.dest == "command").choices)
+    parser = build_parser()
+    subcommands = set(next(a for a in parser._actions if a.dest == "command").choices)
+    options = {s for a in parser._actions for s in a.option_strings}
     presets = set(preset_names())
     commands = list(shell_commands())
     assert any(words[0] == "wdl" for _, words in commands)  # the check below is not vacuous
@@ -65,10 +67,27 @@ def test_shell_blocks_name_real_scripts_commands_and_presets():
                 path = ROOT / word
                 assert path.is_file() and path.stat().st_mode & 0o111, f"{doc}: {word} is not an executable script"
         preset = None
-        if words[0] == "wdl":
+        if words[0] == "wdl" and words[1].startswith("-"):  # a top-level option: wdl --version
+            assert words[1] in options, f"{doc}: `wdl {words[1]}` is not an option of wdl"
+        elif words[0] == "wdl":
             assert words[1] in subcommands, f"{doc}: `wdl {words[1]}` is not a wdl subcommand"
             preset = words[2] if len(words) > 2 and not words[2].startswith("-") else None
         elif words[0].startswith("scripts/launch_") and len(words) > 1:
             preset = words[1]
         if preset is not None and "/" not in preset and not preset.endswith((".yaml", ".yml")):
             assert preset in presets, f"{doc}: {' '.join(words)}: no preset {preset!r}"
+
+
+def test_the_two_commands_are_what_ci_runs():
+    """README's two commands (the main job, the test suite) as they are, and CI runs the same test command."""
+    block = SHELL_FENCE.search((ROOT / "README.md").read_text().split("## Two commands", 1)[1]).group(1)
+    assert [line.split("#", 1)[0].strip() for line in block.splitlines()] == [
+        "bash scripts/run.sh",
+        "bash scripts/test.sh",
+    ]
+    ci = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ci[-1] == "bash scripts/test.sh"

@@ -1,13 +1,18 @@
 """The `wdl` command.
 
   wdl run [CONFIG] [--out DIR] [key=value ...]      every phase (complete ones are skipped, a partial one resumes)
+  wdl run [CONFIG] --from DIR --out NEW ...         a branch of DIR: its phases this config would redo identically
+                                                    are taken (hard links), the rest run in NEW
   wdl score | sft | weights | joint [CONFIG] [--out DIR] [key=value ...]
                                                     the pipeline up to that phase (same run directory)
   wdl score --model PATH --name NAME ...            score any model on the config's training data
   wdl weights --scores-dir D --out-dir D ...        weights + resampling from existing score files
   wdl extract --from DIR --out DIR                  the strong sub-model of a joint checkpoint -> HF checkpoint
   wdl eval ...                                      the evaluator (wdl.eval), see `wdl eval --help`
-  wdl config [CONFIG] [key=value ...]               print the resolved config (and check it)
+  wdl check [CONFIG] [--out DIR] [key=value ...]    the preflight alone: models, tokenizer, data, eval sets,
+                                                    disk (and GPU memory); each problem one line with its fix
+  wdl config [CONFIG] [key=value ...]               print the resolved config (training data not required)
+  wdl --version
 
 CONFIG is a YAML file or a preset name; without it the embedded default (`tiny`) runs.
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib.metadata
 import io
 import os
 import sys
@@ -35,6 +41,7 @@ from wdl.eval.cli import main as eval_main
 from wdl.io import DiskFullError, is_disk_full
 from wdl.models import check_model_source
 from wdl.pipeline import PHASE_NAMES, Pipeline
+from wdl.preflight import problems
 from wdl.train import NonFiniteLossError, extract_submodel
 from wdl.weights_phase import compute_weights
 
@@ -59,6 +66,21 @@ def _add_config_args(p: argparse.ArgumentParser, *, runs: bool = False) -> None:
         p.add_argument("--allow-data-change", action="store_true",
                        help="resume although a training data file changed since the run started: go on with the "
                        "new content (phases already complete keep what they computed from the old)")
+        p.add_argument("--no-preflight", dest="preflight", action="store_false",
+                       help="skip the checks before any work (see `wdl check`)")
+        p.add_argument("--from", dest="source", metavar="DIR", type=Path,
+                       help="branch from the run in DIR: take each of its finished phases whose config values and "
+                       "inputs are the same in this run (hard links; e.g. scoring and SFT for a joint.lam sweep), "
+                       "run the rest in --out")
+        p.add_argument("--copy", dest="copy_from_source", action="store_true",
+                       help="with --from: copy the reused files instead of hard-linking them")
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("wdl")
+    except importlib.metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,11 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 2)[2],
     )
+    parser.add_argument("--version", action="version", version=f"wdl {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="run the whole pipeline (the embedded tiny default without CONFIG)",
                        description="Run every phase: " + ", ".join(PHASE_NAMES) + ". Complete phases are skipped; "
-                       "an interrupted one resumes. Rerun the same command after any interruption.")
+                       "an interrupted one resumes. Rerun the same command after any interruption. The "
+                       "preflight (`wdl check`) runs first.")
     _add_config_args(p, runs=True)
 
     for name, (target, text) in PHASE_COMMANDS.items():
@@ -99,8 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("eval", help="evaluate checkpoints on math benchmarks (see `wdl eval --help`)", add_help=False)
 
+    p = sub.add_parser("check", help="check models, tokenizer, data, eval sets, disk and GPU memory before a run",
+                       description="The preflight of `wdl run` alone: the base model and tokenizer load (config, "
+                       "chat template), the training files exist and their first records parse, the eval sets are "
+                       "present, the free disk covers an estimate of what the run writes, and (where a GPU is "
+                       "present) an estimate of each phase's memory fits. One line per check; each problem names "
+                       "its fix. Exit status 1 when there is a problem.")
+    _add_config_args(p)
+
     p = sub.add_parser("config", help="print the resolved config (validates it)",
-                       description="Print the resolved config as YAML, after presets, extends and overrides.")
+                       description="Print the resolved config as YAML, after presets, extends and overrides. "
+                       "A preset prints without training data (`wdl run` needs data.sources).")
     _add_config_args(p)
     p.add_argument("--presets", action="store_true", help="list the preset names and exit")
     return parser
@@ -119,11 +152,11 @@ def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
-def _load(args):
+def _load(args, *, runnable: bool = True):
     config, overrides = split_config_args(args.args)
     if args.out:
         overrides.append(f"run.out={args.out}")
-    return load_pipeline_config(config, overrides)
+    return load_pipeline_config(config, overrides, runnable=runnable)
 
 
 def describe_os_error(e: OSError) -> str:
@@ -189,7 +222,7 @@ def _dispatch(args) -> int:
         if args.presets:
             print("\n".join(preset_names()))
             return 0
-        print(dump_yaml(_load(args)), end="")
+        print(dump_yaml(_load(args, runnable=False)), end="")
         return 0
     if args.command == "extract":
         extract_submodel(args.source, args.out, which=args.which)
@@ -207,7 +240,18 @@ def _dispatch(args) -> int:
     hf_logging.disable_progress_bar()  # per-file load/save bars would drown the phase output
     if not sys.stdout.isatty():  # in a log file a progress bar is one endless line
         datasets.disable_progress_bars()
-    pipe = Pipeline(cfg, cfg.run.out, allow_data_change=args.allow_data_change)
+    if getattr(args, "copy_from_source", False) and getattr(args, "source", None) is None:
+        raise ValueError("--copy goes with --from DIR (it copies the phases taken from DIR)")
+    pipe = Pipeline(cfg, cfg.run.out, allow_data_change=getattr(args, "allow_data_change", False),
+                    preflight=getattr(args, "preflight", True), source=getattr(args, "source", None),
+                    copy_from_source=getattr(args, "copy_from_source", False))
+    if args.command == "check":
+        findings = pipe.check()
+        for f in findings:
+            print(f)
+        bad = problems(findings)
+        print(f"{len(bad)} problem(s)" if bad else "ready to run", file=sys.stderr if bad else sys.stdout)
+        return 1 if bad else 0
     if args.command == "run":
         pipe.run()
     elif args.command == "score" and args.model:
@@ -219,6 +263,7 @@ def _dispatch(args) -> int:
         target = PHASE_COMMANDS[args.command][0]
         pipe.run(target)
         if args.command == "score" and pipe.is_done("sft"):
+            pipe.check_first = False  # checked by the run above
             pipe.run("score_sft")
     return 0
 

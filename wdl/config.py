@@ -203,14 +203,23 @@ class PipelineConfig:
                 "data.sources: must be empty when synthetic.enabled is true (the pipeline trains on the synthetic "
                 "split); set synthetic.enabled=false to train on your files"
             )
-        if not self.synthetic.enabled and not self.data.sources:
-            raise ValueError("data.sources: list your training files (chat JSONL with messages/idx), e.g. "
-                             "data.sources=[/data/train.jsonl]")
         if self.model.is_tiny and not self.synthetic.enabled:
             raise ValueError("synthetic.enabled: the tiny base is built from the synthetic corpus; enable it or "
                              "set model.base to a real model")
 
 
-def load_pipeline_config(source: str | Path | None = None, overrides: Iterable[str] = ()) -> PipelineConfig:
-    """The pipeline's config from a YAML file or preset (default: `tiny`) plus `key=value` overrides."""
-    return load(PipelineConfig, source, overrides, default="tiny", shared_sections={_SHARED_TRAIN: TRAIN_PHASES})
+    def check_runnable(self) -> None:
+        """What a run needs beyond a consistent config: training data (`wdl config` prints a preset without)."""
+        if not self.synthetic.enabled and not self.data.sources:
+            raise ValueError("data.sources: list your training files (chat JSONL with messages/idx), e.g. "
+                             "data.sources=[/data/train.jsonl]")
+
+
+def load_pipeline_config(source: str | Path | None = None, overrides: Iterable[str] = (), *,
+                         runnable: bool = True) -> PipelineConfig:
+    """The pipeline's config from a YAML file or preset (default: `tiny`) plus `key=value` overrides;
+    `runnable=False` accepts a config without training data (to print or inspect a preset)."""
+    cfg = load(PipelineConfig, source, overrides, default="tiny", shared_sections={_SHARED_TRAIN: TRAIN_PHASES})
+    if runnable:
+        cfg.check_runnable()
+    return cfg

@@ -409,4 +409,5 @@ def load(
         return build(cls, raw, also_valid=tuple(shared_sections or ()))
     except _BuildError as e:
         label, original = origins.lookup(e.path)
-        raise ValueError(f"{label}: {original}: {e.message}") from None
+        where = f"{label}: {original}: " if original else f"{label}: "  # a check across sections has no key path
+        raise ValueError(f"{where}{e.message}") from None

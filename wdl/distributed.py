@@ -69,6 +69,11 @@ def leave_distributed() -> None:
         dist.destroy_process_group()
 
 
+def process_group_backend() -> str:
+    """The process group's communication backend ("nccl", "gloo"), "none" without a group."""
+    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else "none"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -35,17 +35,21 @@ from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from wdl import synthetic
+from wdl.branching import check_source, reuse_phase
 from wdl.config import PipelineConfig, flatten, to_dict
 from wdl.data import load_records, tokenize_records
 from wdl.data.records import check_sources
-from wdl.distributed import barrier, broadcast_object, init_distributed, leave_distributed
-from wdl.eval import BenchmarkSpec, evaluate_model, load_benchmark
+from wdl.distributed import barrier, broadcast_object, init_distributed, leave_distributed, process_group_backend
+from wdl.eval import BenchmarkSpec, evaluate_model
 from wdl.eval.data import benchmark_file
 from wdl.eval.runner import evaluate_in_subprocess
+from wdl.footprint import fmt_bytes
 from wdl.io import atomic_directory, atomic_write_json, read_json, read_jsonl, remove_stale_temporaries, writing
 from wdl.lock import RunDirectoryInUse, RunLock, describe_holder
 from wdl.manifest import sha256_file
 from wdl.models import check_model_source, generation_config_for, is_complete_hf_checkpoint
+from wdl.preflight import Finding, PreflightError, preflight
+from wdl.progress import Progress
 from wdl.report import collect_report, plot_training, print_summary, write_report
 from wdl.run_dir import (
     RESUMABLE_CHANGES, Fingerprint, PipelineError, RunPaths, check_data_sources, check_marker, config_changes,
@@ -54,6 +58,7 @@ from wdl.run_dir import (
 from wdl.scoring import score_dataset
 from wdl.tiny import build_tokenizer, tiny_qwen3_config
 from wdl.train import train_phase
+from wdl.train.retention import drop_optimizer_state, needs_stripping
 from wdl.weights_phase import compute_weights
 
 __all__ = ["EVAL_MODELS", "PHASES", "Phase", "Pipeline", "PipelineError"]
@@ -69,6 +74,7 @@ class Phase:
     marker: Literal["phase", "own", "none"] = "phase"  # own: eval's per-model markers; none: always rerun
     ranks: Literal["all", "main"] = "all"  # main: rank 0 alone, after the other ranks have left
     config: tuple[str, ...] = ()  # the config sections / key paths it reads (its fingerprint covers them)
+    ignores: tuple[str, ...] = ()  # key paths under `config` that cannot change its outputs (left out of it)
 
 
 PHASES = (
@@ -89,24 +95,31 @@ PHASES = (
     Phase("joint", lambda p: p.phase_joint(), ("sft", "base", "resampled", "train_data"), ("wmss",),
           config=("model", "data", "joint")),
     Phase("sft_continued", lambda p: p.phase_sft_continued(), ("sft", "resampled", "train_data"),
-          ("sft_continued",), enabled=lambda c: c.run.sft_continued, config=("model", "data", "joint")),
+          ("sft_continued",), enabled=lambda c: c.run.sft_continued, config=("model", "data", "joint"),
+          ignores=("joint.lam", "joint.freeze_weak")),  # joint's settings without a weak model: a lam sweep reuses it
     Phase("eval", lambda p: p.phase_eval(), ("base", "sft", "sft_continued", "wmss", "eval_data"), ("eval",),
           enabled=lambda c: c.run.eval, marker="own", ranks="main", config=("eval",)),
     Phase("report", lambda p: p.phase_report(), (), ("report",), marker="none", ranks="main"),
 )
 PHASE_NAMES = tuple(p.name for p in PHASES)
 EVAL_MODELS = ("base", "sft", "sft_continued", "wmss")  # in report order
+EVAL_SYSTEM_PROMPT = "eval"  # data.system_prompt value: the eval config's system prompt (eval.system_prompt)
 
 
 class Pipeline:
     """One run directory and the config it runs with."""
 
     def __init__(self, cfg: PipelineConfig, out: str | Path, *, console: Console | None = None,
-                 allow_data_change: bool = False):
+                 allow_data_change: bool = False, preflight: bool = True, source: str | Path | None = None,
+                 copy_from_source: bool = False):
         self.cfg = cfg
+        self.check_first = preflight  # run the preflight (wdl/preflight.py) before any work
         self.paths = RunPaths(Path(out).resolve())
         self.dist = init_distributed()
         self.console = console or Console(soft_wrap=True, quiet=not self.dist.is_main)
+        # a branching run (--from DIR): the finished phases of DIR this run would redo identically are taken
+        self.source = check_source(source, self.paths.root) if source is not None else None
+        self.copy_from_source = copy_from_source
         self.allow_data_change = allow_data_change  # resume although a data source changed (the user said so)
         self.report: dict | None = None
         self._datasets: dict[str, Any] = {}
@@ -135,11 +148,13 @@ class Pipeline:
         return self.paths.marker(phase).is_file()
 
     def run(self, target: str | None = None) -> dict | None:
-        """Run every active phase up to `target`; returns the report (None on ranks other than 0)."""
+        """Run every active phase up to `target` (after the preflight, unless the pipeline was made with
+        `preflight=False`); returns the report (None on ranks other than 0)."""
         phases = self.active_phases(target)
-        if any(p.name == "eval" for p in phases):
-            self.check_eval_sets()
-        self.check_model_sources()
+        if self.check_first:
+            self.preflight(phases)
+        else:
+            self.check_model_sources()
         with self.session():
             for phase in phases:
                 if phase.ranks == "main" and self.dist.distributed:
@@ -151,9 +166,14 @@ class Pipeline:
                     if kind == "error":
                         raise PipelineError(detail[0])
                     self._fingerprint = detail[0]
-                    if kind == "skip":
+                    if kind in ("skip", "reused"):
                         self.output_digests.update(detail[1])
-                        self.console.print(f"[dim]phase {phase.name}: complete, skipped[/dim]")
+                        if kind == "reused":
+                            self.console.print(f"phase {phase.name}: reused from {self.source.root} "
+                                               f"({'hard links' if detail[2] == 'link' else 'copies'})")
+                        else:
+                            self.console.print(f"[dim]phase {phase.name}: complete, skipped[/dim]")
+                        self.retain(phase.name)
                         continue
                     if self.dist.is_main:
                         self.write_pending_config()
@@ -175,6 +195,7 @@ class Pipeline:
                                                **extra)
                     self.output_digests.update(broadcast_object(digests))
                     self._redone.update(phase.outputs)
+                    self.retain(phase.name)
                 barrier()
             self.write_pending_config()
         return self.report
@@ -185,12 +206,15 @@ class Pipeline:
             self._config_pending = False
 
     # ------------------------------------------------------------------------- fingerprints and skipping
-    def phase_config(self, keys: tuple[str, ...]) -> dict[str, Any]:
+    def phase_config(self, keys: tuple[str, ...], ignores: tuple[str, ...] = ()) -> dict[str, Any]:
         """The config values under `keys` (sections or key paths), flattened, without the keys that cannot
-        change an artifact (RESUMABLE_CHANGES)."""
+        change an artifact (RESUMABLE_CHANGES) and those under `ignores`."""
         flat = flatten(to_dict(self.cfg))
-        return {k: v for k, v in flat.items()
-                if any(k == key or k.startswith(key + ".") for key in keys)
+
+        def under(k: str, paths: tuple[str, ...]) -> bool:
+            return any(k == key or k.startswith(key + ".") for key in paths)
+
+        return {k: v for k, v in flat.items() if under(k, keys) and not under(k, ignores)
                 and not any(fnmatchcase(k, pat) for pat in RESUMABLE_CHANGES)}
 
     def input_digest(self, name: str) -> str | None:
@@ -207,7 +231,7 @@ class Pipeline:
     def fingerprint(self, phase: Phase) -> Fingerprint:
         """What phase `phase` of this run is a function of (wdl.run_dir.phase_fingerprint)."""
         inputs = {n: d for n in phase.inputs if (d := self.input_digest(n)) is not None}
-        return phase_fingerprint(self.phase_config(phase.config), inputs)
+        return phase_fingerprint(self.phase_config(phase.config, phase.ignores), inputs)
 
     def output_paths(self, phase: Phase) -> dict[str, Path]:
         return {name: getattr(self.paths, name) for name in phase.outputs}
@@ -219,6 +243,11 @@ class Pipeline:
         check = check_marker(self.paths, phase.name, fp, self.output_paths(phase))
         if check.ok:
             return "skip", fp, check.output_digests
+        if check.status == "missing" and self.source is not None:
+            reused = self.reuse(phase.name, fp, self.output_paths(phase),
+                                extra=(self.paths.log(phase.name), self.paths.sampling / "weights.jsonl"))
+            if reused is not None:
+                return "reused", fp, *reused
         if check.status == "missing":
             return "run", fp
         changed = [d for d in check.differences if d.startswith("input ")]
@@ -226,6 +255,15 @@ class Pipeline:
                 all(d[len("input "):] in self._redone for d in changed):
             return "redo", fp, ", ".join(d[len("input "):] for d in changed)
         return "error", check.message()
+
+    def reuse(self, name: str, fp: Fingerprint, outputs: dict[str, Path], extra: tuple[Path, ...] = (),
+              **marker_updates) -> tuple[dict[str, str], str] | None:
+        """Phase (or eval marker) `name` taken from the --from run when it passes there (wdl/branching.py):
+        (output digests, "link" | "copy"), or None."""
+        rel = {k: str(v.relative_to(self.paths.root)) for k, v in outputs.items()}
+        extras = tuple(str(p.relative_to(self.paths.root)) for p in extra)
+        return reuse_phase(self.source, self.paths, name, fp, rel, extra_files=extras, copy=self.copy_from_source,
+                           marker_updates=marker_updates)
 
     def clear_outputs(self, phase: Phase, *, work: bool = False) -> None:
         """Remove what a phase wrote without completing (nothing vouches for it), and with `work` its training
@@ -236,6 +274,44 @@ class Pipeline:
                 shutil.rmtree(path)
             elif path.exists() or path.is_symlink():
                 path.unlink()
+
+    def training_phase(self, name: str) -> tuple[Any, Path] | None:
+        """(TrainConfig, export directory) of a training phase, None for the other phases."""
+        table = {"pretrain": (self.cfg.pretrain, self.paths.base), "sft": (self.cfg.sft, self.paths.sft),
+                 "joint": (self.cfg.joint, self.paths.wmss),
+                 "sft_continued": (self.cfg.joint, self.paths.sft_continued)}
+        return table.get(name)
+
+    def retain(self, name: str) -> None:
+        """A complete training phase keeps model-only checkpoints (train.drop_optimizer_state), once its export
+        verifies; after its marker, so that an interrupted rewrite never costs the phase its resume state."""
+        spec = self.training_phase(name)
+        if spec is None or not spec[0].drop_optimizer_state:
+            return
+        if self.dist.is_main and needs_stripping(self.paths.work(name)):
+            freed = drop_optimizer_state(self.paths.work(name), spec[1])
+            self.console.print(f"{name}: export verified; optimizer state dropped from its checkpoints "
+                               f"({fmt_bytes(freed)} freed)")
+        barrier()
+
+    def pending(self, phases: list[Phase]) -> list[str]:
+        """The names of `phases` that still have work to do (eval and report always may)."""
+        return [p.name for p in phases if not (p.marker == "phase" and self.is_done(p.name))]
+
+    def check(self, phases: list[Phase] | None = None) -> list[Finding]:
+        """The preflight's findings for the pending phases (wdl/preflight.py); no side effects."""
+        pending = self.pending(phases if phases is not None else self.active_phases())
+        ev, skipped = (self.eval_config(with_skipped=True) if "eval" in pending else (None, []))
+        return preflight(self.cfg, self.paths, pending, ev, skipped, world_size=self.dist.world_size)
+
+    def preflight(self, phases: list[Phase]) -> None:
+        """Rank 0 checks, every rank learns the outcome; raises PreflightError listing the problems."""
+        findings = broadcast_object(self.check(phases) if self.dist.is_main else None)
+        for f in findings:
+            self.console.print(f"preflight {f}", style="dim" if f.ok else "bold red", markup=False, highlight=False)
+        problems = [f for f in findings if not f.ok]
+        if problems:
+            raise PreflightError(problems)
 
     def check_inputs(self, phase: Phase) -> None:
         """Every input that a phase of this run produces exists (a marker may outlive a deleted artifact)."""
@@ -361,6 +437,8 @@ class Pipeline:
         changes: dict[str, Any] = {}
         if not data.cache_dir:
             changes["cache_dir"] = str(self.paths.cache)
+        if data.system_prompt == EVAL_SYSTEM_PROMPT:  # train with the prompt the models are evaluated with
+            changes["system_prompt"] = self.cfg.eval.system_prompt_text
         if kind == "pretrain":
             changes.update(sources=[str(self.paths.pretrain_data)], loss_on="all")
         elif self.cfg.synthetic.enabled:
@@ -372,7 +450,10 @@ class Pipeline:
         if kind not in self._datasets:
             cfg = self.data_config(kind)
             tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_source)
-            ds, tok_report = tokenize_records(load_records(cfg), tokenizer, cfg)
+            records = load_records(cfg)
+            with Progress(f"tokenizing {kind} data", total=records.num_rows, unit="records", bar=False,
+                          enabled=self.dist.is_main) as progress:  # on a terminal datasets draws the bar
+                ds, tok_report = tokenize_records(records, tokenizer, cfg, progress)
             self.console.print(f"{kind} data: {tok_report}")
             self._datasets[kind] = ds
         return self._datasets[kind]
@@ -401,10 +482,14 @@ class Pipeline:
         )
         # train_seconds sums the training time of every attempt (a resumed phase's wall time does not)
         return {"steps": summary.steps, "train_seconds": round(summary.wall_s, 3),
-                "resumed_from": summary.resumed_from, "final_loss": summary.final_loss}
+                "resumed_from": summary.resumed_from, "final_loss": summary.final_loss,
+                "world_size": self.dist.world_size, "backend": train_cfg.backend,
+                "process_group": process_group_backend()}
 
     def score_model(self, model: str, name: str) -> dict[int, dict]:
         out_path = self.paths.score_file(name)
+        if not out_path.is_file():
+            self.console.print(f"scoring {name} ({model}) on {len(self.dataset('train'))} samples")
         scores = score_dataset(model, self.dataset("train"), out_path=out_path,
                                tokens_per_micro_batch=self.cfg.scoring.tokens_per_micro_batch,
                                dtype=self.cfg.scoring.dtype)
@@ -474,26 +559,17 @@ class Pipeline:
                            resampled=True)
 
     # --------------------------------------------------------------------------------------------- eval
-    def eval_config(self):
-        ev = self.cfg.eval
-        if ev.progress and not sys.stdout.isatty():  # progress bars in a log file are one endless line
-            ev = dataclasses.replace(ev, progress=False)
+    def eval_config(self, *, with_skipped: bool = False):
+        """The eval config the run uses: the synthetic set added, optional sets without a local copy left out
+        (with `with_skipped`: also the list of those)."""
+        ev = self.cfg.eval  # its progress: a bar on a terminal, lines in a log file (wdl/progress.py)
         if self.cfg.synthetic.enabled and self.cfg.synthetic.n_eval > 0:
             spec = BenchmarkSpec(name="synthetic", path=str(self.paths.eval_data), format="gsm8k")
             ev = dataclasses.replace(ev, benchmarks=[spec, *[b for b in ev.benchmarks if b.name != "synthetic"]])
-        return ev
-
-    def check_eval_sets(self) -> None:
-        """Read every benchmark before any training: a missing or malformed set fails now, not after hours."""
-        ev = self.cfg.eval
-        if not ev.benchmarks and not (self.cfg.synthetic.enabled and self.cfg.synthetic.n_eval > 0):
-            raise PipelineError("eval.benchmarks: no benchmarks to evaluate on; list them (see docs/config.md) or "
-                                "set run.eval=false")
-        for spec in ev.benchmarks:
-            try:
-                load_benchmark(spec, ev)
-            except (OSError, ValueError) as e:
-                raise PipelineError(f"eval.benchmarks: {spec.name}: {e} (or set run.eval=false)") from None
+        present, skipped = ev.present_benchmarks()
+        if skipped:
+            ev = dataclasses.replace(ev, benchmarks=present)
+        return (ev, skipped) if with_skipped else ev
 
     def eval_models(self) -> dict[str, str]:
         models = {"base": self.base_model} if self.cfg.run.eval_base else {}
@@ -525,6 +601,10 @@ class Pipeline:
     def phase_eval(self) -> None:
         ev = self.eval_config()
         settings = {k: v for k, v in to_dict(ev).items() if k != "progress"}  # what changes results
+        # the synthetic set is this run's artifact: its content (eval_data's digest) counts, not where it lives,
+        # so that a branch of this run (--from) can take the results of models it shares
+        settings["benchmarks"] = [{**b, "path": "eval_data"} if b["path"] == str(self.paths.eval_data) else b
+                                  for b in settings["benchmarks"]]
         sets = self.benchmark_digests(ev)
         for name, path in self.eval_models().items():
             fp = self.eval_fingerprint(name, path, settings, sets)
@@ -532,6 +612,9 @@ class Pipeline:
             if check_marker(self.paths, f"eval.{name}", fp, {"eval": out_dir}).ok:
                 self.console.print(f"[dim]eval {name}: complete, skipped[/dim]")
                 continue  # anything else (new settings, another model, a damaged result) is evaluated again
+            if self.source is not None and self.reuse(f"eval.{name}", fp, {"eval": out_dir}, model=path):
+                self.console.print(f"eval {name}: reused from {self.source.root}")
+                continue
             self.console.print(f"evaluating {name} ({path})")
             t0 = time.perf_counter()
             if out_dir.exists():
@@ -553,6 +636,8 @@ class Pipeline:
         report["plots"] = plot_training({ph: rows for ph, rows in logs.items() if rows}, self.paths.plots)
         write_report(self.paths.root, report)
         print_summary(report, self.console)
+        if report.get("reused"):
+            self.console.print(f"reused (wdl run --from): {', '.join(report['reused'])}")
         self.console.print(f"report: {self.paths.root / 'report.md'}  ({self.paths.report})")
         self.report = report
 

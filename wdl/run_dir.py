@@ -48,6 +48,7 @@ RESUMABLE_CHANGES = (
     "*.log_every",
     "*.checkpoint_every",
     "*.keep_last",
+    "*.drop_optimizer_state",
     "*.tensorboard",
     "scoring.tokens_per_micro_batch",
     "data.cache_dir",

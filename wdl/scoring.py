@@ -22,13 +22,16 @@ from wdl.distributed import all_gather_objects, barrier, init_distributed
 from wdl.io import atomic_write_jsonl, read_jsonl
 from wdl.labels import IGNORE_INDEX
 from wdl.models import JointModel, load_causal_lm, resolve_dtype
+from wdl.progress import Progress
 
 FIELDS = ("entropy", "nll", "margin")
 
 
 @torch.no_grad()
-def score_batches(model: JointModel, batches: Iterable[dict], device: torch.device) -> dict[int, list[float]]:
-    """idx -> [entropy sum, nll sum, margin sum, label tokens] over the micro-batches given."""
+def score_batches(model: JointModel, batches: Iterable[dict], device: torch.device,
+                  progress: Progress | None = None) -> dict[int, list[float]]:
+    """idx -> [entropy sum, nll sum, margin sum, label tokens] over the micro-batches given (`progress` counts
+    the samples)."""
     sums: dict[int, list[float]] = {}
     for mb in batches:
         inputs = {k: mb[k].to(device) for k in ("input_ids", "labels", "position_ids")}
@@ -39,6 +42,8 @@ def score_batches(model: JointModel, batches: Iterable[dict], device: torch.devi
         present = torch.unique(sidx[sidx >= 0])
         for i in present.tolist():  # samples without label tokens still get a row (n_tokens 0)
             sums.setdefault(int(i), [0.0, 0.0, 0.0, 0])
+        if progress is not None:
+            progress.update(len(present))
         if not bool(valid.any()):
             continue
         ids, inverse = torch.unique(sidx[valid], return_inverse=True)
@@ -95,7 +100,10 @@ def score_dataset(
     lm.eval()
     joint = JointModel(lm)
     batches = iter_scoring_batches(dataset, tokens_per_micro_batch, ctx.rank, ctx.world_size)
-    local = score_batches(joint, batches, ctx.device)
+    # rank 0 reports its own shard (every rank holds about the same number of samples)
+    with Progress(f"scoring {out_path.stem}", total=len(range(ctx.rank, len(dataset), ctx.world_size)),
+                  unit="samples", enabled=ctx.is_main) as progress:
+        local = score_batches(joint, batches, ctx.device, progress)
     merged = merge_sums(all_gather_objects(local))
     if ctx.is_main:
         atomic_write_jsonl(out_path, list(merged.values()))

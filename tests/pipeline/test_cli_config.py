@@ -56,7 +56,8 @@ def test_tiny_is_the_default_and_round_trips(tmp_path):
         (["sampling.dedup=maybe"], "sampling.dedup: expected true or false, got 'maybe'"),
         (["sft.epochs=many"], "sft.epochs: expected a number, got 'many'"),
         (["missing-config.yaml"], "config 'missing-config.yaml': no such file and no such preset"),
-        (["synthetic.enabled=false"], "data.sources: list your training files"),
+        (["synthetic.enabled=false"], "synthetic.enabled: the tiny base is built from the synthetic corpus"),
+        (["qwen3-0.6b"], "data.sources: list your training files"),
     ],
 )
 def test_bad_configs_fail_before_any_work(tmp_path, capsys, args, message):

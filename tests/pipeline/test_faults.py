@@ -334,6 +334,13 @@ def test_data_paths_and_a_failed_start(finished_run, tmp_path, capsys, monkeypat
     base = [a for a in args if not a.startswith("data.sources")]
     # a mistyped path: refused before any work (no run directory, nothing recorded)
     assert _run(tmp_path / "typo", *base, f"data.sources=[{tmp_path / 'mine.jsnl'}]", command="score") == 2
+    err = capsys.readouterr().err  # the preflight's line (or, with --no-preflight, the pipeline's own check)
+    assert err.startswith("wdl score: error: ") and f"data.sources: {tmp_path / 'mine.jsnl'} does not exist" in err
+    assert not (tmp_path / "typo").exists()
+    assert (
+        _run(tmp_path / "typo", *base, f"data.sources=[{tmp_path / 'mine.jsnl'}]", "--no-preflight", command="score")
+        == 2
+    )
     assert f"wdl score: error: data.sources: {tmp_path / 'mine.jsnl'} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "typo").exists()
     # a hub name (org/name) is a dataset, not a path; offline it is one line naming it
@@ -371,7 +378,9 @@ def test_a_real_full_disk_then_resume(finished_run, tmp_path, capsys):
         # what is left free: the log's rewrite and half of the model (the datasets cache lives elsewhere)
         filler = mnt / "filler"
         filler.write_bytes(b"\0" * (shutil.disk_usage(mnt).free - (64 << 10) - len(good) // 2))
-        cache = [f"data.cache_dir={tmp_path / 'cache'}"]  # may change on resume: it changes no artifact
+        # data.cache_dir may change on resume (it changes no artifact); --no-preflight: the disk is filled on
+        # purpose to fail inside the phase (the preflight's estimate, with its margin, would stop it before)
+        cache = [f"data.cache_dir={tmp_path / 'cache'}", "--no-preflight"]
         assert _run(out, *cache) == 1
         err = capsys.readouterr().err.strip()
         assert err == (

@@ -130,6 +130,8 @@ def test_resume_after_kill_9_matches_uninterrupted(finished_run, tmp_path):
     assert not (out / "wmss").exists()
     finished = run_wdl(out)
     assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "joint: resuming from step " in finished.stdout  # a resume is announced
+    assert "torch.distributed is disabled" not in finished.stderr  # nor a warning per checkpoint load
     for phase in TRAINING_LOGS:
         got = _log(out / "logs" / f"{phase}.jsonl")
         want = _log(reference / "logs" / f"{phase}.jsonl")
@@ -164,6 +166,8 @@ def test_torchrun_two_ranks_fsdp2_matches_one_process(finished_run, tmp_path):
         assert max(abs(a - b) for a, b in zip(got, want)) < 1e-5, phase
     report = json.loads((out / "report.json").read_text())
     assert set(report["eval"]) == {"base", "sft", "sft_continued", "wmss"}
+    env = report["environment"]  # how it ran: two processes, FSDP2 over gloo
+    assert env["world_size"] == 2 and env["backend"] == "fsdp2" and env["process_group"] == "gloo", env
     assert (out / "sampling" / "resampled.json").read_text() == (reference / "sampling" / "resampled.json").read_text()
 
 

@@ -146,8 +146,10 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def tokenize_records(records: datasets.Dataset, tokenizer, cfg: DataConfig) -> tuple[datasets.Dataset, TokenizeReport]:
-    """Tokenize `load_records` output. Cached: the same records, tokenizer and settings reuse the cache files."""
+def tokenize_records(records: datasets.Dataset, tokenizer, cfg: DataConfig,
+                     progress=None) -> tuple[datasets.Dataset, TokenizeReport]:
+    """Tokenize `load_records` output. Cached: the same records, tokenizer and settings reuse the cache files.
+    `progress` (a wdl.progress.Progress) counts the records as they are encoded (not when read from the cache)."""
     marker = end_of_turn_marker(tokenizer, cfg.enable_thinking) if cfg.loss_on == "completion" else ""
     settings = [cfg.system_prompt, cfg.enable_thinking, cfg.loss_on, cfg.max_length, cfg.overlong,
                 cfg.on_bad_record, marker]
@@ -187,6 +189,8 @@ def tokenize_records(records: datasets.Dataset, tokenizer, cfg: DataConfig) -> t
             out["num_label_tokens"].append(n_label)
             out["length"].append(len(ids))
             out["status"].append(status)
+        if progress is not None:
+            progress.update(len(batch["idx"]))
         return out
 
     features = datasets.Features({

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from wdl.progress import Progress, is_terminal
+
 log = logging.getLogger("wdl.eval")
 
 
@@ -154,12 +156,11 @@ class TransformersGenerator:
 
     def generate(self, requests: Sequence[Request], sampling: Sampling, *, desc: str = "") -> list[list[Completion]]:
         import torch
-        from tqdm.auto import tqdm
-
         torch.manual_seed(sampling.seed)
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i].prompt_ids))
         out: list[list[Completion]] = [[] for _ in requests]
-        bar = tqdm(total=len(requests), desc=f"generating {desc}".strip(), unit="prompt", disable=not self.progress)
+        # a bar on a terminal, lines with rate and ETA in a log file
+        bar = Progress(f"generating {desc}".strip(), total=len(requests), unit="prompts", enabled=self.progress)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             width = max(len(requests[i].prompt_ids) for i in idx)
@@ -228,11 +229,14 @@ class VLLMGenerator:
 
     def generate(self, requests: Sequence[Request], sampling: Sampling, *, desc: str = "") -> list[list[Completion]]:
         out, differ = [], []
+        # vLLM draws its own bar on a terminal; in a log file a line per call (with rate and ETA) instead
+        progress = Progress(f"generating {desc}".strip(), total=len(requests), unit="prompts", bar=False,
+                            enabled=self.progress)
         for start in range(0, len(requests), self.batch_size):
             batch = requests[start : start + self.batch_size]
             prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in batch]
             results = self.llm.generate(prompts, [self.sampling_params(r, sampling) for r in batch],
-                                        use_tqdm=self.progress)
+                                        use_tqdm=self.progress and is_terminal())
             if len(results) != len(batch):
                 raise RuntimeError(f"vLLM returned {len(results)} outputs for {len(batch)} prompts")
             for r, res in zip(batch, results):
@@ -243,6 +247,8 @@ class VLLMGenerator:
                     if getattr(c, "text", comp.text) != comp.text:
                         differ.append((c.text, comp.text))
                 out.append(comps)
+            progress.update(len(batch))
+        progress.close()
         if differ:
             log.warning("%s: vLLM's detokenized text differs from the decoded token ids in %d of %d generations "
                         "(first: %r vs %r); the decoded ids are graded", desc or "vllm", len(differ),

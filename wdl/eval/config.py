@@ -122,7 +122,8 @@ class BenchmarkSpec:
     format: str = "auto"
     fields: dict[str, str] = field(default_factory=dict)
     answer_type: str = "auto"  # number | choice | math | auto (per record from the gold answer)
-    limit: int | None = None  # evaluate the first `limit` problems only
+    limit: int | None = None  # evaluate the first `limit` problems only (default: EvalConfig.limit)
+    optional: bool = False  # evaluated only when a local copy exists (path or data_dir): never downloaded
     max_new_tokens: int | None = None  # per-set overrides of the registry / EvalConfig values
     max_input_tokens: int | None = None
     max_model_len: int | None = None
@@ -182,6 +183,7 @@ class EvalConfig:
 
     benchmarks: list[BenchmarkSpec] = field(default_factory=list)
     data_dir: str | None = None  # where standard sets without a path live (<data_dir>/gsm8k/test.json, ...)
+    limit: int | None = None  # the first `limit` problems of every set without a limit of its own
     protocol: Literal["paper", "opd"] = "paper"
     backend: Literal["auto", "vllm", "transformers"] = "auto"  # auto: vLLM when it can run here
     # decoding. mode: greedy (temperature 0, n 1), pass1 (0.5, 1), passk (0.5, 8); None: greedy, or pass1 /
@@ -236,6 +238,7 @@ class EvalConfig:
         names = [b.name for b in self.benchmarks]
         dup = sorted({n for n in names if names.count(n) > 1})
         _check(not dup, "benchmarks", f"names must be unique (they name the output files), repeated: {dup}")
+        _check(self.limit is None or self.limit >= 1, "limit", f"must be >= 1 (or null), got {self.limit}")
         _check(self.protocol in PROTOCOLS, "protocol", f"must be paper or opd, got {self.protocol!r}")
         _check(self.backend in ("auto", "vllm", "transformers"), "backend",
                f"must be auto, vllm or transformers, got {self.backend!r}")
@@ -367,6 +370,11 @@ class EvalConfig:
             if folder is not None:
                 return str(folder)
         return None
+
+    def present_benchmarks(self) -> tuple[list[BenchmarkSpec], list[BenchmarkSpec]]:
+        """(the sets to evaluate, the optional sets left out because no local copy of them exists)."""
+        absent = [b for b in self.benchmarks if b.optional and self.resolve_path(b) is None]
+        return [b for b in self.benchmarks if b not in absent], absent
 
     def protocol_lengths(self, spec: BenchmarkSpec) -> tuple[int, int, int]:
         """The protocol's (input, new, context) budgets for a set, before any override."""

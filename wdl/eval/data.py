@@ -280,8 +280,8 @@ def benchmark_file(spec: BenchmarkSpec, cfg: EvalConfig) -> Path | None:
 
 
 def load_benchmark(spec: BenchmarkSpec, cfg: EvalConfig | None = None) -> list[Problem]:
-    """The problems of one set (the first `spec.limit` of them when set), validated: every record, the pinned
-    SHA-256, and a standard set's row count (of the whole file, before `limit`)."""
+    """The problems of one set (the first `spec.limit`, else `cfg.limit`, of them when set), validated: every
+    record, the pinned SHA-256, and a standard set's row count (of the whole file, before `limit`)."""
     cfg = cfg or EvalConfig()
     path = cfg.resolve_path(spec)
     if path is not None:
@@ -311,7 +311,8 @@ def load_benchmark(spec: BenchmarkSpec, cfg: EvalConfig | None = None) -> list[P
     fmt = spec.format
     if fmt == "auto":
         fmt = "fields" if spec.fields else "lookup"
-    if spec.limit is not None:
-        rows = rows[: spec.limit]
+    limit = spec.limit if spec.limit is not None else cfg.limit
+    if limit is not None:
+        rows = rows[:limit]
     opd = cfg.protocol == "opd"
     return [to_problem(where, rec, i, spec, fmt, opd=opd) for i, (where, rec) in enumerate(rows)]

@@ -52,6 +52,8 @@ class TrainConfig:
     # checkpoints (in work_dir) and logs
     checkpoint_every: int = 100  # optimizer steps; the last step is always checkpointed
     keep_last: int = 2
+    drop_optimizer_state: bool = True  # once the phase is complete and its export verifies, its checkpoints keep
+    # the model weights only (AdamW's moments are 2/3 of a checkpoint; a finished phase never resumes)
     log_every: int = 1  # console lines; the JSONL log gets every step
     tensorboard: bool = True
 

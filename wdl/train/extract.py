@@ -22,6 +22,7 @@ from wdl.models import check_export_target, export_dtype, load_config, save_hf_c
 
 from .checkpoint import verified_checkpoint
 from .deepspeed_backend import TAG, import_deepspeed
+from .torch_backend import single_process_dcp
 
 
 def _dcp_state(state_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
@@ -32,7 +33,8 @@ def _dcp_state(state_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
         if key.startswith("model." + prefix) and isinstance(meta, TensorStorageMetadata):
             wanted[key[len("model."):]] = torch.empty(meta.size, dtype=meta.properties.dtype)
     if wanted:
-        dcp.load({"model": wanted}, storage_reader=reader, no_dist=True)
+        with single_process_dcp():
+            dcp.load({"model": wanted}, storage_reader=reader, no_dist=True)
     return {k[len(prefix):]: v for k, v in wanted.items()}
 
 
@@ -58,7 +60,7 @@ def extract_submodel(source: str | Path, out: str | Path, *, which: str = "stron
     config = load_config(model_path)
     if which == "weak" and state.get("freeze_weak"):
         sd = AutoModelForCausalLM.from_pretrained(model_path).state_dict()
-    elif state["backend"] == "deepspeed":
+    elif state["backend"] == "deepspeed" and state.get("state_format") != "dcp":  # dcp: see retention.py
         sd = _deepspeed_state(ckpt / "state", f"{which}.")
     else:
         sd = _dcp_state(ckpt / "state", f"{which}.")

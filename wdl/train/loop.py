@@ -32,6 +32,8 @@ from .backend import move_batch
 from .backends import build_backend
 from .checkpoint import CheckpointError, CheckpointManager
 from .config import TrainConfig
+from .extract import extract_submodel
+from .retention import finished_checkpoint
 from .metrics import FlopCounter, MetricsSink, host_peak_rss_gib, peak_bf16_flops, peak_memory_gib, \
     reset_peak_memory, sequence_lengths
 from .optim import LRSchedule
@@ -130,6 +132,11 @@ class Trainer:
                                   f"(fingerprint {str(state.get('fingerprint'))[:12]}, now {self.fingerprint[:12]}): "
                                   f"resume with the original config and data, or delete {self.work_dir} to train "
                                   "the phase from its first step")
+        if state.get("optimizer_state") is False:
+            raise CheckpointError(f"{path} holds model weights only (its optimizer state was dropped when the phase "
+                                  f"finished: train.drop_optimizer_state) and cannot resume training; its export "
+                                  f"{self.export_dir} is missing: rebuild it with `wdl extract --from {path} --out "
+                                  f"{self.export_dir}`, or delete {self.work_dir} to train the phase again")
         if state.get("total_steps") != self.total_steps:
             raise CheckpointError(f"{path}: the checkpoint belongs to a run of {state.get('total_steps')} steps, this "
                                   f"one has {self.total_steps}: same data and train settings are needed to resume "
@@ -143,7 +150,7 @@ class Trainer:
                 truncate_log(self.log_path, 0)  # a run without a checkpoint starts over: so does its log
             barrier()
             return
-        _, state, rank_state = found
+        latest, state, rank_state = found
         self.step = state["step"]
         self.samples, self.tokens = state["samples"], state["tokens"]
         self.label_tokens, self.skipped = state["label_tokens"], state["skipped_steps"]
@@ -152,6 +159,7 @@ class Trainer:
         set_rng_state(rank_state["rng"])
         self.resumed_from = self.step
         if self.dist.is_main:
+            print(f"{self.name}: resuming from step {self.step}/{self.total_steps} ({latest})", flush=True)
             truncate_log(self.log_path, self.step)
         barrier()
 
@@ -329,12 +337,21 @@ def train_phase(
     """Train one phase and export the strong model as a plain HF checkpoint at `export_dir`.
 
     Resumes from the newest checkpoint in `work_dir` that verifies (the log is cut back to it); returns at once
-    when `export_dir` already holds a complete checkpoint. `fingerprint` (the pipeline's digest of the phase's
-    config and inputs) is stamped into every checkpoint, and a checkpoint with another one is refused. Under
-    torchrun every rank calls this; rank 0 writes the log and the export.
+    when `export_dir` already holds a complete checkpoint, and exports from the final checkpoint without training
+    when the phase was finished and its checkpoints keep model weights only (train.drop_optimizer_state).
+    `fingerprint` (the pipeline's digest of the phase's config and inputs) is stamped into every checkpoint, and
+    a checkpoint with another one is refused. Under torchrun every rank calls this; rank 0 writes the log and the
+    export.
     """
     export_dir, log_path, work_dir = Path(export_dir), Path(log_path), Path(work_dir)
     if is_complete_hf_checkpoint(export_dir):
+        return _summary_from_log(name, export_dir, log_path)
+    finished = finished_checkpoint(work_dir, fingerprint)  # the phase trained to its end, weights kept
+    if finished is not None:
+        if init_distributed().is_main:
+            print(f"{name}: exporting again from its final checkpoint {finished} (the phase is finished)", flush=True)
+            extract_submodel(finished, export_dir)
+        barrier()
         return _summary_from_log(name, export_dir, log_path)
     trainer = Trainer(name=name, strong_model=strong_model, weak_model=weak_model, dataset=dataset, data=data,
                       train=train, work_dir=work_dir, export_dir=export_dir, log_path=log_path,

@@ -11,6 +11,7 @@ import json
 import math
 import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -111,6 +112,7 @@ class MetricsSink:
         self._file = None
         self._tb = None
         self._bar = None
+        self._start_step, self._t0 = start_step, time.perf_counter()
         if not enabled:
             return
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +141,11 @@ class MetricsSink:
                          if row.get(k) is not None}
                 if self._bar.disable:  # not a terminal (cluster logs, CI): one plain line instead of a bar
                     text = " ".join(f"{k} {v:.4g}" for k, v in shown.items())
-                    print(f"{self.name} step {step}/{self.total_steps} {text}", flush=True)
+                    elapsed = time.perf_counter() - self._t0
+                    done = step - self._start_step
+                    eta = tqdm.format_interval(elapsed / done * (self.total_steps - step)) if done > 0 else "?"
+                    print(f"{self.name} step {step}/{self.total_steps} {text} elapsed "
+                          f"{tqdm.format_interval(elapsed)} ETA {eta}", flush=True)
                 else:
                     self._bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 

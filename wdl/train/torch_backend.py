@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,6 +31,16 @@ from .optim import build_adamw, set_lr
 
 # DCP: frozen (weak) parameters never change, so they are not saved; they come back from their source.
 _SD_OPTIONS = StateDictOptions(ignore_frozen_params=True)
+
+
+@contextlib.contextmanager
+def single_process_dcp():
+    """DCP without a process group warns on every save and load that it assumes one process, which is what one
+    process means: that warning alone is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled, )?unavailable or uninitialized",
+                                category=UserWarning)
+        yield
 
 
 class SingleBackend(TrainBackend):
@@ -88,11 +99,13 @@ class SingleBackend(TrainBackend):
         return {"model": model_sd, "optim": optim_sd}
 
     def save(self, path: Path) -> None:
-        dcp.save(self._state(), checkpoint_id=str(path))
+        with single_process_dcp():
+            dcp.save(self._state(), checkpoint_id=str(path), no_dist=not dist.is_initialized())
 
     def load(self, path: Path) -> None:
         state = self._state()
-        dcp.load(state, checkpoint_id=str(path))
+        with single_process_dcp():
+            dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
         set_state_dict(self.joint, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                        options=StateDictOptions(ignore_frozen_params=True, strict=False))
 
