@@ -38,7 +38,7 @@ from transformers.utils import logging as hf_logging
 from wdl.config import dump_yaml, load_pipeline_config, preset_names
 from wdl.eval.cli import build_parser as eval_parser
 from wdl.eval.cli import main as eval_main
-from wdl.io import DiskFullError, is_disk_full
+from wdl.io import DiskFullError, is_disk_full, was_interrupted
 from wdl.models import check_model_source
 from wdl.pipeline import PHASE_NAMES, Pipeline
 from wdl.preflight import problems
@@ -192,15 +192,17 @@ def _guarded(command: str, run) -> int:
         return run()
     try:
         return run()
-    except KeyboardInterrupt:
-        print(f"\nwdl {command}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except (ValueError, NonFiniteLossError) as e:  # config, input, run-directory errors; a diverging phase
-        print(f"wdl {command}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"wdl {command}: error: {describe_os_error(e)}", file=sys.stderr)
-        return 1
+    except BaseException as e:
+        if was_interrupted(e):  # first: a Ctrl-C inside a checkpoint read arrives wrapped in another exception
+            print(f"\nwdl {command}: interrupted; rerun the same command to resume", file=sys.stderr)
+            return 130
+        if isinstance(e, (ValueError, NonFiniteLossError)):  # config, input, run-directory errors; divergence
+            print(f"wdl {command}: error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):
+            print(f"wdl {command}: error: {describe_os_error(e)}", file=sys.stderr)
+            return 1
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:

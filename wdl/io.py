@@ -48,6 +48,12 @@ def _chain(exc: BaseException):
             todo += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
 
 
+def was_interrupted(exc: BaseException) -> bool:
+    """Whether `exc` is, or wraps, a KeyboardInterrupt (torch.distributed.checkpoint re-raises a Ctrl-C that
+    lands inside a load or save as its own CheckpointException)."""
+    return any(isinstance(e, KeyboardInterrupt) for e in _chain(exc))
+
+
 def is_disk_full(exc: BaseException, path: str | os.PathLike | None = None) -> bool:
     """Whether `exc` comes from a full disk: ENOSPC anywhere in its chain, or (for writers that lose the errno,
     such as torch.save's C++ stream) a failure while the filesystem of `path` has (almost) no space left."""

@@ -282,6 +282,38 @@ def test_a_second_run_is_refused_and_ctrl_c_is_one_line(tmp_path, capsys):
     assert not (out / "report.json").exists()  # stopped mid-run (whichever phase the signal reached)
 
 
+def test_ctrl_c_inside_a_checkpoint_read_is_one_line(tmp_path, capsys, monkeypatch):
+    # torch.distributed.checkpoint re-raises a KeyboardInterrupt that lands in its reader as a CheckpointException
+    # (seen when Ctrl-C reached a finished phase's checkpoint rewrite): still the one-line interrupt, exit 130.
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from wdl.cli import _guarded
+
+    dcp.save({"w": torch.ones(3)}, storage_writer=dcp.FileSystemWriter(str(tmp_path / "ckpt")), no_dist=True)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dcp.FileSystemReader, "read_data", interrupted)
+
+    def load():
+        dcp.load({"w": torch.zeros(3)}, storage_reader=dcp.FileSystemReader(str(tmp_path / "ckpt")), no_dist=True)
+
+    with pytest.raises(BaseException) as raw:  # what the command would otherwise die of
+        load()
+    assert not isinstance(raw.value, KeyboardInterrupt)
+    assert _guarded("run", load) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "wdl run: interrupted; rerun the same command to resume"
+
+    def fails():
+        raise RuntimeError("not an interrupt")
+
+    with pytest.raises(RuntimeError):  # anything else keeps its traceback
+        _guarded("run", fails)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
