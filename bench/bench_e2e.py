@@ -41,24 +41,16 @@ from bench.env import ENV_COLUMNS, GIB, env_info, run_id  # noqa: E402
 from bench.materialized import cross_entropy_sum, mixed_logits, stats_from_logits  # noqa: E402
 from bench.memory import free_device_memory, is_oom  # noqa: E402
 from bench.writer import ResultsWriter  # noqa: E402
+from wdl.footprint import QWEN3_SHAPES as PRESET_SHAPES  # noqa: E402
 from wdl.labels import IGNORE_INDEX  # noqa: E402
 from wdl.models import JointOutput  # noqa: E402
+from wdl.tiny import QWEN3_VOCAB_SIZE as QWEN3_VOCAB  # noqa: E402
 
-# Published Qwen3 shapes (reference/paper.md section 4.1); Base and instruct share the architecture.
-QWEN3_SHAPES = {
-    "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, tie_word_embeddings=True),
-    "1.7b": dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                 num_key_value_heads=8, tie_word_embeddings=True),
-    "4b": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, tie_word_embeddings=True),
-    "8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-               num_key_value_heads=8, tie_word_embeddings=False),
-    # CPU mode: same structure, tiny sizes
+# The published Qwen3 shapes (one table, the presets' estimates use it too), keyed by size; "tiny" is CPU mode.
+QWEN3_SHAPES = {name.removeprefix("qwen3-"): shape for name, shape in PRESET_SHAPES.items()} | {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, tie_word_embeddings=True),
 }
-QWEN3_VOCAB = 151936
 MODES = ("sft", "joint", "joint_frozen")
 
 CASE_COLUMNS = ("run_id", "label", "kind", "model", "mode", "path", "activation_checkpointing", "backend",

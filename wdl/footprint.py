@@ -36,6 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import Qwen3Config
+
+from wdl.tiny import QWEN3_VOCAB_SIZE
 
 GIB = float(1 << 30)
 GB = 1e9
@@ -241,9 +244,7 @@ QWEN3_SHAPES = {
 
 
 def qwen3_size(preset: str) -> ModelSize:
-    from transformers import Qwen3Config
-
-    return model_size(Qwen3Config(vocab_size=151936, head_dim=128, dtype="bfloat16", **QWEN3_SHAPES[preset]))
+    return model_size(Qwen3Config(vocab_size=QWEN3_VOCAB_SIZE, head_dim=128, dtype="bfloat16", **QWEN3_SHAPES[preset]))
 
 
 def _gib(n: float) -> str:
