@@ -256,6 +256,8 @@ def preset_tables() -> str:
     `python -m wdl.footprint` regenerates it)."""
     import dataclasses
 
+    # Here, not at the top: wdl.config imports `datasets`, and bench_e2e imports this module (QWEN3_SHAPES) on
+    # machines without it.
     from wdl.config import load_pipeline_config
 
     mem = [

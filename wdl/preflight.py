@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from wdl.data.tokenize import assistant_spans, end_of_turn_marker
 from wdl.eval import EvalConfig, load_benchmark
 from wdl.models import check_model_source
 from wdl.run_dir import PipelineError, RunPaths
+from wdl.tiny import tiny_qwen3_config
 
 TRAINING_PHASES = ("pretrain", "sft", "joint", "sft_continued")
 SCORING_PHASES = ("score_base", "score_sft")
@@ -413,10 +414,6 @@ def check_gpu_memory(
 
 # ------------------------------------------------------------------------------------------------ the run
 def _tiny_size(cfg) -> footprint.ModelSize:
-    from dataclasses import asdict
-
-    from wdl.tiny import tiny_qwen3_config
-
     t = cfg.model.tiny
     shape = {k: v for k, v in asdict(t).items() if k not in ("vocab_size", "seed")}
     return replace(footprint.model_size(tiny_qwen3_config(t.vocab_size, **shape)), export_bytes=4)
