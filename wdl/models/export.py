@@ -75,10 +75,16 @@ def check_hf_checkpoint(path: str | Path) -> None:
             if missing:
                 raise ValueError(f"{p / missing[0]}: missing ({len(missing)} of the {len(shards)} shards "
                                  f"{index_name} names): copy the model again")
-    for f in sorted(p.glob("*.safetensors")):
+    check_safetensors_files(p, "the file is damaged; export or copy the model again")
+
+
+def check_safetensors_files(directory: str | Path, fix: str) -> None:
+    """Every *.safetensors file in `directory` is complete (header and size); a ValueError naming the first
+    damaged one, followed by `fix`, otherwise."""
+    for f in sorted(Path(directory).glob("*.safetensors")):
         problem = _safetensors_problem(f)
         if problem:
-            raise ValueError(f"{problem}: the file is damaged; export or copy the model again")
+            raise ValueError(f"{problem}: {fix}")
 
 
 def is_wdl_export(path: str | Path) -> bool:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers.utils import cached_file
 
-from .export import check_hf_checkpoint
+from .export import check_hf_checkpoint, check_safetensors_files
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,11 @@ def check_model_source(name: str | Path, what: str = "model") -> None:
         return
     try:
         AutoConfig.from_pretrained(name, local_files_only=True)
-        return
     except OSError:
         pass
+    else:
+        _check_cached_weights(name, what)
+        return
     try:
         AutoConfig.from_pretrained(name)
     except OSError as e:
@@ -89,6 +92,19 @@ def check_model_source(name: str | Path, what: str = "model") -> None:
         raise ValueError(f"{what} {name!r}: not a local directory, and not in the Hugging Face cache nor reachable "
                          f"on the hub ({first}): download it where the hub is reachable (`hf download {name}`) or "
                          "give the path of a local checkpoint directory") from None
+
+
+def _check_cached_weights(name: str, what: str) -> None:
+    """The safetensors files of hub model `name` already in the Hugging Face cache are complete (shards not
+    downloaded yet are the loader's business)."""
+    config = cached_file(name, "config.json", local_files_only=True, _raise_exceptions_for_missing_entries=False)
+    if config is None:
+        return
+    try:
+        check_safetensors_files(Path(config).parent, "a damaged copy in the Hugging Face cache: download it "
+                                f"again (`hf download {name} --force-download`)")
+    except ValueError as e:
+        raise ValueError(f"{what} {name!r}: {e}") from None
 
 
 def load_config(path: str | Path) -> PretrainedConfig:
