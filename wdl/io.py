@@ -145,11 +145,14 @@ def read_json(path: str | os.PathLike, *, fix: str = "") -> Any:
     raise ValueError(f"{where}: {why}{': ' + fix if fix else ''}")
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
+STEP_LOG_FIX = "delete that line (a step log is a record: training resumes from its checkpoints, not from the log)"
+
+
+def read_jsonl(path: str | os.PathLike, *, fix: str = "repair or delete that line") -> list[dict]:
     """The rows of a JSONL file, [] when it does not exist; blank lines are skipped.
 
     A last line that is not valid JSON is a write cut short by a kill and is dropped; an invalid line anywhere
-    else means the file is damaged: a ValueError naming file:line.
+    else means the file is damaged: a ValueError naming file:line and `fix`.
     """
     path = Path(path)
     if not path.is_file():
@@ -164,7 +167,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break
-            raise ValueError(f"{path}:{i + 1}: not valid JSON") from None
+            raise ValueError(f"{path}:{i + 1}: not valid JSON (the file is damaged): {fix}") from None
     return rows
 
 

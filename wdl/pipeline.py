@@ -44,7 +44,15 @@ from wdl.eval import BenchmarkSpec, evaluate_model
 from wdl.eval.data import benchmark_file
 from wdl.eval.runner import evaluate_in_subprocess
 from wdl.footprint import fmt_bytes
-from wdl.io import atomic_directory, atomic_write_json, read_json, read_jsonl, remove_stale_temporaries, writing
+from wdl.io import (
+    STEP_LOG_FIX,
+    atomic_directory,
+    atomic_write_json,
+    read_json,
+    read_jsonl,
+    remove_stale_temporaries,
+    writing,
+)
 from wdl.lock import RunDirectoryInUse, RunLock, describe_holder
 from wdl.manifest import sha256_file
 from wdl.models import check_model_source, generation_config_for, is_complete_hf_checkpoint
@@ -632,7 +640,7 @@ class Pipeline:
     def phase_report(self) -> None:
         phase_order = [*PHASE_NAMES, *(f"eval.{m}" for m in EVAL_MODELS)]
         report = collect_report(self.paths, self.cfg, phase_order, EVAL_MODELS)
-        logs = {ph: read_jsonl(self.paths.log(ph)) for ph in ("sft", "joint", "sft_continued")}
+        logs = {ph: read_jsonl(self.paths.log(ph), fix=STEP_LOG_FIX) for ph in ("sft", "joint", "sft_continued")}
         report["plots"] = plot_training({ph: rows for ph, rows in logs.items() if rows}, self.paths.plots)
         write_report(self.paths.root, report)
         print_summary(report, self.console)

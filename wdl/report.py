@@ -24,7 +24,7 @@ from rich.table import Table
 
 from wdl.config import PipelineConfig, to_dict
 from wdl.eval.report import graded_by, side_by_side_table
-from wdl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from wdl.io import STEP_LOG_FIX, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from wdl.run_dir import RunPaths, read_marker
 
 # Curves plotted for the training phases (the paper's saturation story: the margin stalls under SFT).
@@ -47,7 +47,7 @@ def collect_report(paths: RunPaths, cfg: PipelineConfig, phase_order: Sequence[s
         marker = read_marker(paths, f"eval.{name}")
         if marker is not None and isinstance(marker.get("results"), dict):
             evals[name] = marker["results"]
-    logs = {ph: read_jsonl(paths.log(ph)) for ph in phase_order}
+    logs = {ph: read_jsonl(paths.log(ph), fix=STEP_LOG_FIX) for ph in phase_order}
     sampling = None
     if paths.resampled.is_file():
         resampled = read_json(paths.resampled, fix=f"delete it and {paths.marker('weights')} to redo the weights phase")

@@ -78,7 +78,8 @@ def merge_sums(parts: Iterable[dict[int, list[float]]]) -> dict[int, dict]:
 
 def read_scores(path: Path) -> dict[int, dict]:
     """idx -> score row of a file `score_dataset` wrote."""
-    return {int(r["idx"]): r for r in read_jsonl(path)}
+    rows = read_jsonl(path, fix="delete it and its phase marker (phases/score_*.json) to score again")
+    return {int(r["idx"]): r for r in rows}
 
 
 def score_dataset(

@@ -198,3 +198,19 @@ def test_lock_wait_message_is_fast(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_read_jsonl_drops_a_torn_last_line_and_names_a_damaged_one_with_the_fix(tmp_path):
+    from wdl.io import STEP_LOG_FIX, read_jsonl
+    from wdl.train.loop import truncate_log
+
+    log = tmp_path / "sft.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')  # a write cut short by a kill
+    assert read_jsonl(log) == [{"step": 1}, {"step": 2}]
+    log.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')
+    with pytest.raises(ValueError) as err:
+        read_jsonl(log)
+    assert str(err.value) == f"{log}:2: not valid JSON (the file is damaged): repair or delete that line"
+    with pytest.raises(ValueError) as err:  # a resume truncating its step log says what to do with the line
+        truncate_log(log, 3)
+    assert str(err.value) == f"{log}:2: not valid JSON (the file is damaged): {STEP_LOG_FIX}"

@@ -24,7 +24,7 @@ import torch
 
 from wdl.data import StepLoader
 from wdl.distributed import all_reduce_sum, barrier, broadcast_object, init_distributed
-from wdl.io import atomic_write_jsonl, read_jsonl
+from wdl.io import STEP_LOG_FIX, atomic_write_jsonl, read_jsonl
 from wdl.labels import IGNORE_INDEX
 from wdl.models import export_dtype, is_complete_hf_checkpoint, save_hf_checkpoint
 
@@ -73,7 +73,7 @@ class TrainSummary:
 
 def truncate_log(path: Path, step: int) -> None:
     """Keep the rows of steps <= `step` (those a checkpoint covers), atomically."""
-    rows = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= step]
+    rows = [r for r in read_jsonl(path, fix=STEP_LOG_FIX) if isinstance(r.get("step"), int) and r["step"] <= step]
     atomic_write_jsonl(path, rows)
 
 
@@ -309,7 +309,7 @@ class Trainer:
 
 
 def _summary_from_log(name: str, export_dir: Path, log_path: Path) -> TrainSummary:
-    rows = read_jsonl(log_path)
+    rows = read_jsonl(log_path, fix=STEP_LOG_FIX)
     finite = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
     mems = [r["peak_mem_gib"] for r in rows if isinstance(r.get("peak_mem_gib"), (int, float))]
     return TrainSummary(
