@@ -54,6 +54,9 @@ def _worker(rank: int, port: int, out_path: str):
             refused = str(e)
         if rank == 0:
             torch.save({"results": results, "refused": refused}, out_path)
+        # Both ranks done with every collective before teardown: a gloo group destroyed while the peer still
+        # communicates can abort the process ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

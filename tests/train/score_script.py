@@ -32,10 +32,9 @@ def main() -> None:
     scores = score_dataset(model_dir, make_samples(n, vocab, seed=3), out_path=out_path, tokens_per_micro_batch=64,
                            dtype="fp32")
     assert len(scores) == n, len(scores)  # every rank returns the merged scores
-    import torch.distributed as dist
+    from wdl.distributed import leave_distributed
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_distributed()  # a barrier, then the teardown
 
 
 if __name__ == "__main__":

@@ -65,10 +65,9 @@ def main() -> None:
     )
     if int(os.environ.get("RANK", "0")) == 0 and spec.get("summary_path"):
         Path(spec["summary_path"]).write_text(json.dumps(summary.to_dict()))
-    import torch.distributed as dist
+    from wdl.distributed import leave_distributed
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_distributed()  # a barrier, then the teardown
 
 
 if __name__ == "__main__":
