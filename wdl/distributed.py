@@ -51,7 +51,7 @@ def init_distributed(*, require_group: bool = False) -> DistContext:
         device = torch.device("cpu")
     if (world > 1 or require_group) and not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:  # one process started without a launcher
-            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
                               LOCAL_RANK="0")
         if device.type == "cuda":
             dist.init_process_group("nccl", device_id=device)
@@ -74,7 +74,8 @@ def process_group_backend() -> str:
     return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else "none"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a rendezvous of local processes)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -4,21 +4,15 @@ norms and makes the same updates as the stock model (HF's num_items_in_batch x w
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from wdl.distributed import free_port
 from tests.kernels.hf_common import assert_same_run, collate, params, rows, tiny_model, train_logs, training_args
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, out_path: str):
@@ -43,7 +37,7 @@ def _worker(rank: int, port: int, out_path: str):
 @pytest.mark.distributed
 def test_ddp_trainer_matches_stock(tmp_path):
     path = str(tmp_path / "ddp.pt")
-    mp.start_processes(_worker, args=(_free_port(), path), nprocs=WORLD, start_method="spawn", join=True)
+    mp.start_processes(_worker, args=(free_port(), path), nprocs=WORLD, start_method="spawn", join=True)
     got = torch.load(path)
     for tied in (True, False):
         (stock_logs, stock_params), (logs, new_params) = got["stock", tied], got["fused", tied]

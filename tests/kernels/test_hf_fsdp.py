@@ -4,23 +4,17 @@ an lm_head sharded on its own is refused."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from wdl.distributed import free_port
 from tests.kernels.hf_common import batch, tiny_model
 from wdl_kernels.hf import apply_fused_loss
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, out_path: str):
@@ -64,7 +58,7 @@ def _worker(rank: int, port: int, out_path: str):
 @pytest.mark.distributed
 def test_fsdp2_matches_single_process(tmp_path):
     path = str(tmp_path / "fsdp.pt")
-    mp.start_processes(_worker, args=(_free_port(), path), nprocs=WORLD, start_method="spawn", join=True)
+    mp.start_processes(_worker, args=(free_port(), path), nprocs=WORLD, start_method="spawn", join=True)
     got = torch.load(path)
     ids, labels = batch(seed=7, b=4)
     for tied in (True, False):

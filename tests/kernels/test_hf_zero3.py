@@ -5,21 +5,15 @@ reads are gathered for it)."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from wdl.distributed import free_port
 from tests.kernels.hf_common import batch, tiny_model
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, out_path: str):
@@ -62,7 +56,7 @@ def _worker(rank: int, port: int, out_path: str):
 def test_zero3_matches_single_process(tmp_path):
     pytest.importorskip("deepspeed")  # the deepspeed extra
     path = str(tmp_path / "zero3.pt")
-    mp.start_processes(_worker, args=(_free_port(), path), nprocs=WORLD, start_method="spawn", join=True)
+    mp.start_processes(_worker, args=(free_port(), path), nprocs=WORLD, start_method="spawn", join=True)
     got = torch.load(path)
     ids, labels = batch(seed=7, b=4)
     for tied in (True, False, "mixed"):
